@@ -21,6 +21,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from resnet_deploy.errors import InputError
+from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.weights import RANDOM, WeightsInfo, init_random_weights, load_weights
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -230,3 +231,32 @@ def build_model(
     else:
         info = load_weights(model, Path(weights))
     return BuiltModel(model=model.eval(), arch=arch, variant=variant, weights=info)
+
+
+def rebuild_model(metadata: ModelMetadata, weights: str | Path | None = None) -> BuiltModel:
+    """The eager model an exported file was made from, as its metadata records it.
+
+    ``weights`` overrides the recorded checkpoint path (the file may have moved), but its
+    sha256 must still match the recorded one: a different checkpoint is a different model, and
+    comparing against it would be a guess.
+    """
+    recorded_random = metadata.weights == RANDOM
+    if weights is None:
+        weights = metadata.weights
+        if not recorded_random and not Path(weights).is_file():
+            raise InputError(
+                f"the model was exported from weights {weights}, which is not there "
+                "(pass --weights with that file)"
+            )
+    elif recorded_random and str(weights) != RANDOM:
+        raise InputError(
+            f"the model was exported with random weights (seed {metadata.seed}), "
+            f"not {weights}; drop --weights or re-export"
+        )
+    built = build_model(metadata.arch, metadata.variant, weights, metadata.seed or 0)
+    if not recorded_random and built.weights.sha256 != metadata.weights_sha256:
+        raise InputError(
+            f"{weights}: sha256 {built.weights.sha256} differs from the {metadata.weights_sha256} "
+            "recorded at export: these are not the weights the model was exported from"
+        )
+    return built
