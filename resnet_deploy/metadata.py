@@ -40,7 +40,8 @@ class ModelMetadata:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     preprocessing: str = "imagenet"  # resize 256/224 of the crop, center crop, normalise
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, fp16 or int8
+    calibration: str = ""  # how an int8 model was calibrated
 
     def to_props(self) -> dict[str, str]:
         """Every field as a string; tuples and None as JSON so they read back exactly."""

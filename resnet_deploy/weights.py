@@ -10,6 +10,7 @@ of order one, like a trained network.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import re
 import zipfile
@@ -93,11 +94,46 @@ def calibrate_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
     model.eval()
 
 
+def checkpoint_format(path: Path) -> str:
+    """What a weights file really is, from its first bytes rather than its name.
+
+    Users save web pages and ONNX files under ``.pth`` names, and a partial download keeps its
+    name too; each deserves its own message rather than a zip or pickle reader's.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if size == 0:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip" if zipfile.is_zipfile(path) else "truncated"
+    if head[:1] == b"\x80":  # a pickle (PyTorch's format before 1.6)
+        return "torch-pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors" if _safetensors_size(path) <= size else "truncated"
+    if head.lstrip()[:1] == b"<":
+        return "html"
+    if len(head) > 2 and head[0] == 0x08 and head[1] < 32:  # ModelProto field 1: ir_version
+        return "onnx"
+    return "unknown"
+
+
 def read_checkpoint(path: Path) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` file or a PyTorch pickle, never running code from it."""
+    """Read a safetensors file or a PyTorch state dict, never running code from it."""
     if not path.is_file():
         raise CheckpointError("weights file not found")
-    if path.suffix == ".safetensors":
+    size = path.stat().st_size
+    kind = checkpoint_format(path)
+    refusals = {
+        "empty": "empty file (0 bytes)",
+        "truncated": f"truncated ({size} bytes): the file ends before its index",
+        "html": "an HTML page, not a checkpoint (a download that returned a web page?)",
+        "onnx": "an ONNX model, not a PyTorch checkpoint (verify and bench take ONNX files)",
+        "unknown": f"not a PyTorch checkpoint or safetensors file (starts with {_head(path)})",
+    }
+    if kind in refusals:
+        raise CheckpointError(refusals[kind])
+    if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -116,11 +152,37 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
             "(loading it would run code; only plain state dicts are accepted)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        size = path.stat().st_size
-        raise CheckpointError(f"not a readable PyTorch checkpoint ({size} bytes): {exc}") from None
+        raise CheckpointError(
+            f"truncated or corrupt PyTorch checkpoint ({size} bytes): {exc}"
+        ) from None
     if not isinstance(loaded, dict):
         raise CheckpointError(f"holds a {type(loaded).__name__}, not a state dict")
     return loaded
+
+
+def _safetensors_size(path: Path) -> int:
+    """The size a safetensors file must have: its header and the end of its last tensor."""
+    with open(path, "rb") as f:
+        header_length = int.from_bytes(f.read(8), "little")
+        header = f.read(header_length)
+    if len(header) < header_length:
+        return 8 + header_length
+    try:
+        entries = json.loads(header)
+        return (
+            8
+            + header_length
+            + max(
+                (e["data_offsets"][1] for k, e in entries.items() if k != "__metadata__"), default=0
+            )
+        )
+    except (ValueError, KeyError, TypeError, IndexError):
+        return 0  # not ours to judge: the safetensors reader says what is wrong
+
+
+def _head(path: Path) -> str:
+    with open(path, "rb") as f:
+        return repr(f.read(8))
 
 
 def normalize_state_dict(raw: dict) -> tuple[dict[str, Tensor], list[str]]:

@@ -130,7 +130,7 @@ def test_truncated_checkpoint_is_refused(reference, save_state_dict) -> None:
     state, _ = reference
     path = save_state_dict(state)
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"not a readable PyTorch checkpoint \(1000 bytes\)"):
+    with pytest.raises(CheckpointError, match=r"truncated \(1000 bytes\)"):
         build_model("resnet18", "torchvision", path)
 
 
