@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 
-PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy")
+PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy", "click")
 
 
 @dataclass(frozen=True)

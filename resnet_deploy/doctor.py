@@ -1,0 +1,153 @@
+"""What really works on this machine: each provider tried, CUDA libraries looked up, versions.
+
+Listing ``get_available_providers()`` proves nothing: the GPU package lists CUDA and TensorRT on
+every machine. Each provider is given a one-node model through ``providers.create_session``
+(which refuses ONNX Runtime's silent CPU fallback) and run once. The CUDA and cuDNN libraries
+this onnxruntime build loads are opened by soname, as its own loader will open them.
+
+Every resnet-deploy command imports torch before onnxruntime, and a CUDA build of torch loads
+its own CUDA libraries; those then count as found here, as they do for the other commands.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from onnxruntime.capi import build_and_package_info
+
+from resnet_deploy.environment import gpus, package_versions
+from resnet_deploy.errors import ResnetDeployError
+from resnet_deploy.providers import SessionConfig, create_session
+
+DRIVER_LIBRARY = "libcuda.so.1"  # the CUDA provider links it; it comes with the NVIDIA driver
+PROBE_INPUT = np.array([-1.0, 2.0], dtype=np.float32)
+PROBE_EXPECTED = np.array([0.0, 2.0], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ProviderCheck:
+    provider: str
+    works: bool
+    detail: str  # what ran, or ONNX Runtime's reason it did not
+
+
+@dataclass(frozen=True)
+class LibraryCheck:
+    soname: str
+    found: bool
+    path: str  # the file the loader opened; "" when missing or unknown
+    error: str  # the loader's message when missing
+    optional: bool  # ONNX Runtime loads it for a few ops only (cuFFT, NVRTC)
+
+
+@dataclass
+class DoctorReport:
+    onnxruntime: str  # package and version, e.g. "onnxruntime-gpu 1.31.1"
+    onnxruntime_cuda: str  # the CUDA version the build was made for; "" for a CPU build
+    providers: list[ProviderCheck]
+    libraries: list[LibraryCheck]
+    gpus: tuple[str, ...]
+    torch_cuda_available: bool
+    torch_cuda: str  # the CUDA version torch was built for; "" for a CPU build
+    packages: dict[str, str]
+    cuda_works: bool
+    problems: list[str] = field(default_factory=list)  # one line per thing that does not work
+
+
+def diagnose() -> DoctorReport:
+    """Try every provider, look up every library, and say plainly what does not work."""
+    import torch  # first, as in every command (see the module's docstring)
+
+    providers = [try_provider(name) for name in ort.get_available_providers()]
+    libraries = [find_library(name, optional) for name, optional in cuda_libraries()]
+    found_gpus = gpus()
+    problems = [f"{p.provider} fails: {p.detail}" for p in providers if not p.works]
+    problems += [
+        f"{lib.soname} not found" for lib in libraries if not lib.found and not lib.optional
+    ]
+    if not found_gpus:
+        problems.append("no NVIDIA GPU visible (nvidia-smi is missing or lists none)")
+    if not torch.cuda.is_available():
+        reason = "a CPU build" if torch.version.cuda is None else "no usable GPU"
+        problems.append(f"torch {torch.__version__} cannot use CUDA ({reason})")
+    return DoctorReport(
+        onnxruntime=f"{build_and_package_info.package_name} {ort.__version__}",
+        onnxruntime_cuda=getattr(build_and_package_info, "cuda_version", ""),
+        providers=providers,
+        libraries=libraries,
+        gpus=found_gpus,
+        torch_cuda_available=torch.cuda.is_available(),
+        torch_cuda=torch.version.cuda or "",
+        packages=package_versions(),
+        cuda_works=any(p.works and p.provider == "CUDAExecutionProvider" for p in providers),
+        problems=problems,
+    )
+
+
+def probe_model() -> bytes:
+    """One Relu, IR 8 and opset 13: old enough for every onnxruntime and TensorRT we support."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def try_provider(provider: str) -> ProviderCheck:
+    """Create a session on exactly ``provider`` and check one run's output."""
+    try:
+        session = create_session(probe_model(), SessionConfig(provider=provider))
+        (output,) = session.run(None, {"x": PROBE_INPUT})
+    except ResnetDeployError as exc:
+        return ProviderCheck(provider, False, str(exc))
+    if not np.array_equal(output, PROBE_EXPECTED):
+        return ProviderCheck(provider, False, f"ran, but Relu{PROBE_INPUT} gave {output}")
+    return ProviderCheck(provider, True, "ran a one-node model, output correct")
+
+
+def cuda_libraries() -> list[tuple[str, bool]]:
+    """``(soname, optional)`` for the CUDA and cuDNN libraries this onnxruntime build loads.
+
+    The sonames come from onnxruntime's own table (``_get_nvidia_dll_paths``, what its
+    ``preload_dlls`` loads), made from the CUDA version the build records; it is private, so a
+    build without it, or a CPU build, gives only the driver library.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    table = getattr(ort, "_get_nvidia_dll_paths", None)
+    names: list[str] = []
+    if table is not None and getattr(build_and_package_info, "cuda_version", ""):
+        try:
+            names = [path[-1] for path in table(False, cuda=True, cudnn=True)]
+        except (TypeError, ValueError):
+            names = []
+    return [(DRIVER_LIBRARY, False)] + [(n, "cufft" in n or "nvrtc" in n) for n in names]
+
+
+def find_library(soname: str, optional: bool = False) -> LibraryCheck:
+    """Open ``soname`` as the dynamic loader would for ONNX Runtime, and say which file it was."""
+    try:
+        ctypes.CDLL(soname)
+    except OSError as exc:
+        return LibraryCheck(soname, False, "", str(exc), optional)
+    return LibraryCheck(soname, True, _loaded_path(soname), "", optional)
+
+
+def _loaded_path(soname: str) -> str:
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return ""
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5]).name.startswith(soname):
+            return fields[5]
+    return ""

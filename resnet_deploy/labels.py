@@ -1,0 +1,25 @@
+"""ImageNet's 1000 class names, in class-index order, shipped as package data.
+
+The list is torchvision 0.29.1's ``_IMAGENET_CATEGORIES`` (``torchvision/models/_meta.py``),
+one name a line. Torchvision already tells apart the two names ImageNet repeats (index 134
+"crane bird" and 517 "crane"; 638 "maillot" and 639 "maillot tank suit"), so every line is
+unique. Reading it from a file keeps torchvision out of our dependencies.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+IMAGENET_CLASSES_FILE = "imagenet_classes.txt"
+NUM_IMAGENET_CLASSES = 1000
+
+
+@cache
+def imagenet_classes() -> tuple[str, ...]:
+    """The class names; index i is the name of logit i."""
+    text = resources.files("resnet_deploy").joinpath(IMAGENET_CLASSES_FILE).read_text("utf-8")
+    names = tuple(text.splitlines())
+    if len(names) != NUM_IMAGENET_CLASSES or len(set(names)) != NUM_IMAGENET_CLASSES:
+        raise RuntimeError(f"{IMAGENET_CLASSES_FILE}: expected 1000 unique names, broken install")
+    return names

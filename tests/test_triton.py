@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from google.protobuf import text_format
+from onnx import TensorProto, helper
+from tritonclient.grpc import model_config_pb2 as mc
+
+import resnet_deploy.triton as triton_module
+from resnet_deploy.cli import main
+from resnet_deploy.errors import InputError
+from resnet_deploy.labels import imagenet_classes
+from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.triton import TritonOptions, parse_config, write_model_repository
+
+
+def tiny_model(path: Path, classes: int = 1000) -> Path:
+    """A dynamic-batch Relu from ``input`` [N, classes] to ``logits``: a repo in milliseconds."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", classes])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file and folder under ``folder``, hidden ones included, with its bytes."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_dynamic_batch_export_config_matches_the_model(exported, tmp_path: Path) -> None:
+    source = exported("resnet18", "torchvision").output
+    result = write_model_repository(source, TritonOptions(repo=tmp_path / "repo"))
+
+    config = read_config(tmp_path / "repo" / "resnet18")
+    assert config == parse_config(result.config_text)
+    assert (config.name, config.platform, config.max_batch_size) == (
+        "resnet18",
+        "onnxruntime_onnx",
+        32,
+    )
+    session = create_session(source, SessionConfig(provider="cpu"))  # ONNX Runtime's own view
+    (ort_in,), (ort_out,) = session.get_inputs(), session.get_outputs()
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        (ort_in.name, mc.TYPE_FP32, ort_in.shape[1:])
+    ]
+    assert [(o.name, list(o.dims), o.label_filename) for o in config.output] == [
+        (ort_out.name, ort_out.shape[1:], "labels.txt")
+    ]
+    assert ort_in.type == ort_out.type == "tensor(float)"
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert [(g.kind, g.count) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, 1)
+    ]
+    assert [(w.batch_size, list(w.inputs["input"].dims)) for w in config.model_warmup] == [
+        (1, [3, 224, 224]),
+        (32, [3, 224, 224]),
+    ]
+    assert all(w.inputs["input"].random_data for w in config.model_warmup)
+    assert onnx.load(result.model_file) == onnx.load(source)
+
+
+def test_fixed_batch_export_gets_max_batch_size_0_and_full_dims(exported, tmp_path: Path) -> None:
+    source = exported("resnet18", "torchvision", batch=4).output
+    write_model_repository(source, TritonOptions(repo=tmp_path, name="fixed"))
+
+    config = read_config(tmp_path / "fixed")
+    assert config.max_batch_size == 0
+    assert [list(i.dims) for i in config.input] == [[4, 3, 224, 224]]
+    assert [list(o.dims) for o in config.output] == [[4, 1000]]
+    assert not config.HasField("dynamic_batching")
+    assert [(w.batch_size, list(w.inputs["input"].dims)) for w in config.model_warmup] == [
+        (1, [4, 3, 224, 224])
+    ]
+    with pytest.raises(InputError, match="batch is fixed"):
+        write_model_repository(source, TritonOptions(repo=tmp_path, name="b", max_batch_size=8))
+    assert not (tmp_path / "b").exists()
+
+
+def test_tensorrt_fp16_on_cpu_options_and_warmup(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m.onnx")
+    options = TritonOptions(
+        repo=tmp_path / "repo",
+        name="trt",
+        tensorrt=True,
+        fp16=True,
+        instances=3,
+        max_batch_size=4,
+        warmup=False,
+    )
+    write_model_repository(model, options)
+    config = read_config(tmp_path / "repo" / "trt")
+    (trt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert (trt.name, trt.parameters["precision_mode"]) == ("tensorrt", "FP16")
+    assert config.instance_group[0].count == 3
+    assert list(config.dynamic_batching.preferred_batch_size) == []  # 8 and 16 exceed 4
+    assert not config.model_warmup
+    write_model_repository(model, TritonOptions(repo=tmp_path / "repo", name="c", kind="cpu"))
+    assert read_config(tmp_path / "repo" / "c").instance_group[0].kind == (
+        mc.ModelInstanceGroup.KIND_CPU
+    )
+
+
+def test_labels_are_the_1000_imagenet_classes_in_index_order(tmp_path: Path) -> None:
+    result = write_model_repository(tiny_model(tmp_path / "m.onnx"), TritonOptions(repo=tmp_path))
+    lines = result.labels_file.read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 1000
+    assert (lines[0], lines[207], lines[999]) == ("tench", "golden retriever", "toilet tissue")
+    assert tuple(lines) == imagenet_classes()
+
+
+def test_output_without_1000_classes_gets_no_labels(tmp_path: Path) -> None:
+    result = write_model_repository(
+        tiny_model(tmp_path / "m.onnx", 10), TritonOptions(repo=tmp_path)
+    )
+    assert result.labels_file is None
+    assert not (tmp_path / "m" / "labels.txt").exists()
+    assert read_config(tmp_path / "m").output[0].label_filename == ""
+
+
+def test_existing_version_refused_without_force_and_files_unchanged(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    write_model_repository(model, TritonOptions(repo=repo))
+    before = snapshot(repo)
+
+    with pytest.raises(InputError, match="version 1 already exists"):
+        write_model_repository(model, TritonOptions(repo=repo))
+    with pytest.raises(InputError, match="other settings"):
+        write_model_repository(model, TritonOptions(repo=repo, version=2, instances=2))
+    assert snapshot(repo) == before
+
+    result = write_model_repository(model, TritonOptions(repo=repo, instances=2, force=True))
+    assert read_config(repo / "m").instance_group[0].count == 2
+    assert any("instance_group" in note for note in result.notes)
+    assert sorted(p.name for p in (repo / "m").iterdir()) == ["1", "config.pbtxt", "labels.txt"]
+
+
+def test_new_version_keeps_the_old_one(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    write_model_repository(model, TritonOptions(repo=repo))
+    version_1 = (repo / "m" / "1" / "model.onnx").read_bytes()
+
+    result = write_model_repository(model, TritonOptions(repo=repo, version=2))
+    assert result.versions_on_disk == [1, 2]
+    assert (repo / "m" / "1" / "model.onnx").read_bytes() == version_1
+    assert onnx.load(repo / "m" / "2" / "model.onnx") == onnx.load(model)
+
+
+def test_new_version_with_other_inputs_is_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_model_repository(tiny_model(tmp_path / "m.onnx"), TritonOptions(repo=repo))
+    before = snapshot(repo)
+    other = tiny_model(tmp_path / "other.onnx", 10)
+    with pytest.raises(InputError, match="version 1 has other inputs or outputs"):
+        write_model_repository(other, TritonOptions(repo=repo, name="m", version=2))
+    assert snapshot(repo) == before
+
+
+def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    def fail_midway(folder: Path, files: dict[str, bytes]) -> None:
+        (folder / "1").mkdir()
+        (folder / "1" / "model.onnx").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(triton_module, "_write_files", fail_midway)
+    repo = tmp_path / "repo"
+    with pytest.raises(OSError, match="disk full"):
+        write_model_repository(tiny_model(tmp_path / "m.onnx"), TritonOptions(repo=repo))
+    assert snapshot(repo) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('name: "m" platform: "onnxruntime_onnx" input { name: "x" dimz: [3] }', "dimz"),
+        ('name: "m" platform: "onnxruntime_onnx" max_batch_size: 8 kind: KIND_GPU', "kind"),
+        ('name: "m" input { name: "x" data_type: TYPE_FLOAT32 dims: [3] }', "TYPE_FLOAT32"),
+        (
+            'name: "m" platform: "onnxruntime_onnx" max_batch_size: 4 '
+            'input { name: "x" data_type: TYPE_FP32 dims: [3] } '
+            'output { name: "y" data_type: TYPE_FP32 dims: [3] } '
+            "instance_group { kind: KIND_GPU count: 1 } "
+            "dynamic_batching { preferred_batch_size: [8] }",
+            "preferred batch size 8",
+        ),
+        (
+            'name: "m" platform: "onnxruntime_onnx" '
+            'input { name: "x" data_type: TYPE_FP32 dims: [0] } '
+            "instance_group { kind: KIND_CPU count: 1 }",
+            "dims must be >= 1",
+        ),
+    ],
+)
+def test_invalid_config_text_is_caught(text: str, problem: str) -> None:
+    with pytest.raises(InputError, match=problem):
+        parse_config(text)
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"fp16": True}, "pass --tensorrt"),
+        ({"tensorrt": True, "kind": "cpu"}, "needs GPU instances"),
+        ({"name": "../evil"}, "model name"),
+        ({"version": 0}, "--version"),
+        ({"preferred_batch_sizes": (8, 64)}, "exceeds --max-batch-size 32"),
+    ],
+)
+def test_bad_options_refused_before_writing(tmp_path: Path, options: dict, problem: str) -> None:
+    model = tiny_model(tmp_path / "m.onnx")
+    with pytest.raises(InputError, match=problem):
+        write_model_repository(model, TritonOptions(repo=tmp_path / "repo", **options))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_cli_json_and_one_line_error(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m.onnx")
+    args = [
+        "triton",
+        str(model),
+        "--repo",
+        str(tmp_path / "repo"),
+        "--preferred-batch-sizes",
+        "2,4",
+    ]
+    result = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["versions_on_disk"] == [1]
+    assert record["max_batch_size"] == 32
+    assert "preferred_batch_size: [2, 4]" in record["config_text"]
+
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2
+    assert again.output.strip().count("\n") == 0
+    assert "already exists" in again.output
