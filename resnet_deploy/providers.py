@@ -9,12 +9,13 @@ is turned into the error message.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import onnxruntime as ort
 
 from resnet_deploy.errors import InputError, ProviderError
+from resnet_deploy.onnxfile import load_onnx
 
 SHORT_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -30,6 +32,8 @@ SHORT_NAMES = {
     "trt": "TensorrtExecutionProvider",
 }
 CPU = "CPUExecutionProvider"
+CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # cudnn_conv_algo_search values
+SPINNING = "session.intra_op.allow_spinning"  # "1": idle threads spin (low latency, busy CPU)
 
 
 def resolve_provider(name: str) -> str:
@@ -55,6 +59,7 @@ class SessionConfig:
     provider_options: dict[str, Any] = field(default_factory=dict)
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     graph_optimization: str = "all"  # disable, basic, extended, all
+    session_config_entries: dict[str, str] = field(default_factory=dict)  # e.g. SPINNING
 
 
 _OPT_LEVELS = {
@@ -76,23 +81,52 @@ def create_session(model: Path | bytes, config: SessionConfig) -> ort.InferenceS
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
     options.intra_op_num_threads = config.intra_op_threads
+    for key, value in config.session_config_entries.items():
+        options.add_session_config_entry(key, value)
     providers: list[Any] = [(provider, config.provider_options)]
+    if isinstance(model, Path):
+        load_onnx(model)  # checks the file and its external data before ONNX Runtime reads it
     source = str(model) if isinstance(model, Path) else model
-    with captured_stderr() as log:
-        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+    # Python-level fallbacks (TensorRT's "EP Error") are printed to stdout; keep them out of it.
+    with captured_stderr() as log, redirect_stdout(io.StringIO()) as printed:
+        try:
+            session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+            raise InputError(load_failure(model, str(exc))) from None
+    text = printed.getvalue() + log.text
     if session.get_providers()[0] != provider:
         raise ProviderError(
             f"ONNX Runtime could not start {provider} and fell back to "
-            f"{session.get_providers()[0]}: {fallback_cause(log.text)}"
+            f"{session.get_providers()[0]}: {fallback_cause(text)}"
         )
-    if log.text:
-        sys.stderr.write(log.text)
+    if text:
+        sys.stderr.write(text)
     return session
+
+
+def load_failure(model: Path | bytes, message: str) -> str:
+    """ONNX Runtime's refusal of a model, with both versions named where it is a version."""
+    name = str(model) if isinstance(model, Path) else "model"
+    ir = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", message)
+    if ir:
+        return (
+            f"{name}: IR version {ir[1]} is newer than onnxruntime {ort.__version__} reads "
+            f"(up to IR version {ir[2]})"
+        )
+    opset = re.search(r"Opset (\d+) is under development.*? till opset (\d+)", message, re.S)
+    if opset:
+        return (
+            f"{name}: opset {opset[1]} is newer than onnxruntime {ort.__version__} supports "
+            f"(up to opset {opset[2]})"
+        )
+    detail = message.strip().splitlines()[-1] if message.strip() else "no reason given"
+    return f"{name}: ONNX Runtime cannot load it: {detail}"
 
 
 def fallback_cause(log: str) -> str:
     """The most telling line ONNX Runtime logged while failing to start a provider."""
     patterns = (
+        r"EP Error \S+ [^\n]*?\) ([^\n]+)",  # the Python binding's message for TensorRT
         r"Failed to load library \S+ with error: ([^\n\x1b]+)",
         r"(no CUDA-capable device is detected)",
         r"(CUDA driver version is insufficient[^\n\x1b]*)",
@@ -125,6 +159,50 @@ def captured_stderr() -> Iterator[_Captured]:
             os.close(saved)
             sink.seek(0)
             captured.text = sink.read().decode(errors="replace")
+
+
+def cuda_provider_options(
+    *,
+    cudnn_algo: str | None = None,
+    cudnn_max_workspace: bool | None = None,
+    cuda_graph: bool = False,
+    device_id: int = 0,
+    tf32: bool | None = None,
+) -> dict[str, str]:
+    """CUDA provider options; None leaves ONNX Runtime's default (EXHAUSTIVE search, max workspace).
+
+    cuDNN's exhaustive search times every algorithm for each new input shape, on the first run
+    with that shape: the reason each batch size needs its own warm-up.
+    """
+    options = {"device_id": str(device_id)}
+    if cudnn_algo is not None:
+        if cudnn_algo.upper() not in CUDNN_ALGOS:
+            raise InputError(f"unknown cuDNN algorithm search {cudnn_algo!r}; use {CUDNN_ALGOS}")
+        options["cudnn_conv_algo_search"] = cudnn_algo.upper()
+    if cudnn_max_workspace is not None:
+        options["cudnn_conv_use_max_workspace"] = "1" if cudnn_max_workspace else "0"
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"  # needs fixed shapes and IO binding
+    if tf32 is not None:  # ONNX Runtime defaults to TF32 on: fp32 convs with 10 mantissa bits
+        options["use_tf32"] = "1" if tf32 else "0"
+    return options
+
+
+def tensorrt_provider_options(
+    *, cache_dir: Path | None = None, fp16: bool = False, device_id: int = 0
+) -> dict[str, str]:
+    """TensorRT provider options; a cache folder saves the minutes an engine build takes."""
+    options = {"device_id": str(device_id)}
+    if cache_dir is not None:
+        options |= {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache_dir),
+        }
+    if fp16:
+        options["trt_fp16_enable"] = "True"
+    return options
 
 
 def provider_options_used(session: ort.InferenceSession) -> dict[str, dict[str, str]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -41,6 +43,21 @@ def write_json(value: Any, destination: str) -> str | None:
         return text
     write_text_atomic(Path(destination), text)
     return None
+
+
+def write_csv(rows: Sequence[Any], destination: Path) -> None:
+    """Flat records (dataclasses or dicts) as one CSV row each; lists joined with "; "."""
+    records = [to_record(row) for row in rows]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]) if records else [])
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: _csv_cell(v) for k, v in record.items()})
+    write_text_atomic(Path(destination), buffer.getvalue())
+
+
+def _csv_cell(value: Any) -> Any:
+    return "; ".join(map(str, value)) if isinstance(value, list) else value
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,0 +1,426 @@
+"""Bench: latency and throughput of an exported model on ONNX Runtime, beside PyTorch eager.
+
+Measured the way trtexec and onnxruntime_perf_test measure: a warm-up apart from the timed
+loop, every run timed on its own (the device synchronized before the clock is read), latency
+as percentiles, throughput as images over the loop's wall time. Each batch size gets a fresh
+session and its own warm-up: cuDNN's exhaustive search and ONNX Runtime's memory arena both
+tune themselves to the first shapes they see. The eager baseline runs after the ONNX Runtime
+session is closed, so spinning ONNX Runtime threads never steal the cores it needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from resnet_deploy.environment import Environment, describe_environment
+from resnet_deploy.errors import InputError, ResnetDeployError
+from resnet_deploy.files import atomic_output
+from resnet_deploy.metadata import ModelMetadata
+from resnet_deploy.model import rebuild_model
+from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.providers import (
+    SPINNING,
+    SessionConfig,
+    create_session,
+    cuda_provider_options,
+    provider_options_used,
+    resolve_provider,
+    tensorrt_provider_options,
+)
+from resnet_deploy.report import format_table
+from resnet_deploy.runners import OrtRunner, TorchRunner, input_dtype
+from resnet_deploy.weights import sha256_of
+
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_WARMUP_S = 2.0
+DEFAULT_DURATION_S = 5.0
+CV_WARNING = 0.10  # run-to-run spread above which a result is flagged unstable
+PERCENTILE_MIN_RUNS = {"p90": 10, "p95": 20, "p99": 100}  # fewer runs: it is just the maximum
+TORCH_FIELDS = ("runs", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "cv", "images_per_s")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    provider: str = "cpu"
+    batch_sizes: tuple[int, ...] | None = None  # None: DEFAULT_BATCH_SIZES or the fixed batch
+    warmup_runs: int | None = None  # exactly N runs, or
+    warmup_s: float | None = None  # runs for S seconds; neither: DEFAULT_WARMUP_S
+    iterations: int | None = None  # exactly N timed runs, or
+    duration_s: float | None = None  # timed runs for S seconds; neither: DEFAULT_DURATION_S
+    threads: int | None = None  # intra-op threads, for eager too; None: the physical cores
+    spin: bool = True  # ONNX Runtime's default: idle threads spin, trading CPU for latency
+    io_binding: bool = True  # CUDA/TensorRT: inputs and outputs stay on the device
+    cuda_graph: bool = False
+    cudnn_algo: str | None = None  # EXHAUSTIVE, HEURISTIC or DEFAULT; None: ORT's default
+    cudnn_max_workspace: bool | None = None
+    trt_cache: Path | None = None  # engine and timing cache folder
+    trt_fp16: bool = False
+    baseline: str = "torch"  # or "none"
+
+
+@dataclass
+class BatchResult:
+    """One flat record per batch size; numbers are None where the configuration failed."""
+
+    batch_size: int
+    provider: str
+    runs: int = 0
+    min_ms: float | None = None
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    cv: float | None = None  # standard deviation / mean of the timed runs
+    images_per_s: float | None = None  # batch x runs / wall time of the timed loop
+    session_create_ms: float | None = None
+    first_inference_ms: float | None = None
+    torch_runs: int = 0
+    torch_mean_ms: float | None = None
+    torch_p50_ms: float | None = None
+    torch_p90_ms: float | None = None
+    torch_p99_ms: float | None = None
+    torch_cv: float | None = None
+    torch_images_per_s: float | None = None
+    speedup_vs_torch: float | None = None  # ONNX Runtime images/s over eager images/s
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class BenchReport:
+    model: Path
+    model_sha256: str
+    metadata: ModelMetadata
+    provider: str
+    threads: int
+    spinning: bool
+    io_binding: bool
+    graph_optimization: str
+    options: BenchOptions
+    environment: Environment
+    input_dtype: str = ""
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)  # as ORT reports
+    batches: list[BatchResult] = field(default_factory=list)
+
+
+def check_options(options: BenchOptions) -> str:
+    """Every cheap check before any work; returns the provider's full name."""
+    provider = resolve_provider(options.provider)
+    sizes = options.batch_sizes
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        raise InputError(f"batch sizes must be whole numbers of at least 1, got {sizes}")
+    if options.warmup_runs is not None and options.warmup_s is not None:
+        raise InputError("give either --warmup (runs) or --warmup-s (seconds), not both")
+    if options.iterations is not None and options.duration_s is not None:
+        raise InputError("give either --iterations or --duration, not both")
+    if min(options.warmup_runs or 0, options.warmup_s or 0) < 0:
+        raise InputError("the warm-up cannot be negative")
+    if (options.iterations is not None and options.iterations < 1) or (
+        options.duration_s is not None and options.duration_s <= 0
+    ):
+        raise InputError(
+            "the timed loop needs at least one run (--iterations >= 1, --duration > 0)"
+        )
+    if options.threads is not None and options.threads < 1:
+        raise InputError(f"threads must be at least 1, got {options.threads}")
+    if options.baseline not in ("torch", "none"):
+        raise InputError(f"unknown baseline {options.baseline!r}; use torch or none")
+    cuda_only = options.cuda_graph or options.cudnn_algo or options.cudnn_max_workspace is not None
+    if cuda_only and provider != CUDA:
+        raise InputError("--cuda-graph and the cuDNN options need --provider cuda")
+    if options.cuda_graph and not options.io_binding:
+        raise InputError("--cuda-graph replays fixed device addresses: it needs --io-binding")
+    if (options.trt_cache is not None or options.trt_fp16) and provider != TENSORRT:
+        raise InputError("--trt-cache and --trt-fp16 need --provider tensorrt")
+    return provider
+
+
+def bench(
+    model_path: Path,
+    options: BenchOptions = BenchOptions(),
+    progress: Callable[[str], None] = lambda step: None,
+) -> BenchReport:
+    """Bench every batch size; a failed one is recorded, a provider fallback refuses the run."""
+    provider = check_options(options)
+    model_path = Path(model_path)
+    _, metadata = load_with_metadata(model_path)
+    batch_sizes = _batch_sizes(options.batch_sizes, metadata, model_path)
+    environment = describe_environment()
+    threads = options.threads or environment.physical_cores
+    on_gpu = provider in (CUDA, TENSORRT)
+    config = SessionConfig(
+        provider=provider,
+        provider_options=_provider_options(provider, options),
+        intra_op_threads=threads,
+        graph_optimization="all",
+        session_config_entries={SPINNING: "1" if options.spin else "0"},
+    )
+    report = BenchReport(
+        model=model_path,
+        model_sha256=sha256_of(model_path),
+        metadata=metadata,
+        provider=provider,
+        threads=threads,
+        spinning=options.spin,
+        io_binding=on_gpu and options.io_binding,
+        graph_optimization=config.graph_optimization,
+        options=options,
+        environment=environment,
+    )
+    eager: list[torch.nn.Module] = []  # built on first use, after the provider proved it runs
+    for batch in batch_sizes:
+        result = BatchResult(batch_size=batch, provider=provider)
+        try:
+            array = _bench_onnxruntime(model_path, config, report, result, options, progress)
+            if options.baseline == "torch":
+                if not eager:
+                    progress("building the eager PyTorch model for the baseline")
+                    eager.append(rebuild_model(metadata).model)
+                device = "cuda" if on_gpu else "cpu"
+                _bench_torch(eager[0], array, device, result, options, threads, progress)
+        except ResnetDeployError:
+            raise  # bad input or a provider that cannot run: the whole run is wrong
+        except Exception as exc:  # one configuration failing (out of memory, ...) is a result
+            engine = "torch eager: " if result.runs else ""
+            first_line = str(exc).strip().partition("\n")[0]
+            result.error = f"{engine}{type(exc).__name__}: {first_line}"
+            progress(f"batch {batch}: failed: {result.error}")
+        result.warnings += _warnings(result)
+        report.batches.append(result)
+    return report
+
+
+def _batch_sizes(
+    requested: tuple[int, ...] | None, metadata: ModelMetadata, path: Path
+) -> tuple[int, ...]:
+    if metadata.batch == "dynamic":
+        return requested or DEFAULT_BATCH_SIZES
+    fixed = int(metadata.batch)
+    if requested not in (None, (fixed,)):
+        raise InputError(
+            f"{path}: has a fixed batch of {fixed}; bench it with --batch-sizes {fixed} "
+            "or export it again with --batch dynamic"
+        )
+    return (fixed,)
+
+
+def _provider_options(provider: str, options: BenchOptions) -> dict[str, str]:
+    if provider == CUDA:
+        return cuda_provider_options(
+            cudnn_algo=options.cudnn_algo,
+            cudnn_max_workspace=options.cudnn_max_workspace,
+            cuda_graph=options.cuda_graph,
+        )
+    if provider == TENSORRT:
+        if options.trt_cache is not None:
+            if not options.trt_cache.parent.is_dir():
+                raise InputError(f"--trt-cache {options.trt_cache}: its parent folder is missing")
+            options.trt_cache.mkdir(exist_ok=True)
+        return tensorrt_provider_options(cache_dir=options.trt_cache, fp16=options.trt_fp16)
+    return {}
+
+
+def _bench_onnxruntime(
+    model_path: Path,
+    config: SessionConfig,
+    report: BenchReport,
+    result: BatchResult,
+    options: BenchOptions,
+    progress: Callable[[str], None],
+) -> np.ndarray:
+    """Fill ``result`` with ONNX Runtime's numbers (and ``report`` with what the session says);
+    return the batch it ran, so the baseline runs the very same one."""
+    batch = result.batch_size
+    progress(f"batch {batch}: creating the {config.provider} session")
+    start = time.perf_counter()
+    session = create_session(model_path, config)
+    result.session_create_ms = (time.perf_counter() - start) * 1e3
+    dtype = input_dtype(session)
+    report.input_dtype = report.input_dtype or dtype.name
+    report.provider_options = report.provider_options or provider_options_used(session)
+    size = report.metadata.image_size
+    array = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(dtype)
+    device = "cuda" if report.io_binding else None
+    with OrtRunner(session, binding_device=device) as runner:
+        del session  # the runner holds the only reference and drops it on exit
+        progress(f"batch {batch}: warming up and timing ONNX Runtime")
+        result.first_inference_ms, stats = measure(runner, array, options)
+    for key, value in stats.items():
+        setattr(result, key, value)
+    progress(f"batch {batch}: onnxruntime p50 {result.p50_ms:.2f} ms over {result.runs} runs")
+    return array
+
+
+def _bench_torch(
+    model: torch.nn.Module,
+    array: np.ndarray,
+    device: str,
+    result: BatchResult,
+    options: BenchOptions,
+    threads: int,
+    progress: Callable[[str], None],
+) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        result.warnings.append("no torch baseline: this PyTorch build cannot use the GPU")
+        return
+    with TorchRunner(model, threads=threads, device=device) as runner:
+        _, stats = measure(runner, array, options)
+    for key in TORCH_FIELDS:
+        setattr(result, f"torch_{key}", stats[key])
+    result.speedup_vs_torch = result.images_per_s / stats["images_per_s"]
+    progress(
+        f"batch {result.batch_size}: torch eager p50 {stats['p50_ms']:.2f} ms; "
+        f"onnxruntime {result.speedup_vs_torch:.2f}x its throughput"
+    )
+
+
+def measure(runner: Any, array: np.ndarray, options: BenchOptions) -> tuple[float, dict]:
+    """First inference in ms, then warm-up, then the timed loop's statistics."""
+    feed = runner.place(array)
+    start = time.perf_counter()
+    runner.infer(feed)
+    first_ms = (time.perf_counter() - start) * 1e3
+    time_runs(runner.infer, feed, **_loop(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S))
+    timed = _loop(options.iterations, options.duration_s, DEFAULT_DURATION_S)
+    times, wall = time_runs(runner.infer, feed, **timed)
+    return first_ms, summarize(times, wall, len(array))
+
+
+def _loop(runs: int | None, seconds: float | None, default_s: float) -> dict[str, Any]:
+    if runs is None and seconds is None:
+        return {"seconds": default_s}
+    return {"runs": runs, "seconds": seconds}
+
+
+def time_runs(
+    infer: Callable[[Any], Any], feed: Any, *, runs: int | None = None, seconds: float | None = None
+) -> tuple[list[float], float]:
+    """Each run's seconds and the loop's wall time: ``runs`` runs, or runs for ``seconds``."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while (runs is not None and len(times) < runs) or (
+        seconds is not None and time.perf_counter() - start < seconds
+    ):
+        begin = time.perf_counter()
+        infer(feed)
+        times.append(time.perf_counter() - begin)
+    return times, time.perf_counter() - start
+
+
+def summarize(times_s: list[float], wall_s: float, batch: int) -> dict[str, float]:
+    """Latency percentiles in ms and throughput in images/s, raw floats."""
+    ms = np.asarray(times_s) * 1e3
+    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+    mean = float(ms.mean())
+    return {
+        "runs": len(ms),
+        "min_ms": float(ms.min()),
+        "mean_ms": mean,
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "max_ms": float(ms.max()),
+        "cv": float(ms.std(ddof=1) / mean) if len(ms) > 1 else 0.0,
+        "images_per_s": batch * len(ms) / wall_s,
+    }
+
+
+def _warnings(result: BatchResult) -> list[str]:
+    notes = []
+    for name, cv in (("onnxruntime", result.cv), ("torch eager", result.torch_cv)):
+        if cv is not None and cv > CV_WARNING:
+            notes.append(
+                f"{name} unstable: coefficient of variation {cv:.2f} > {CV_WARNING} "
+                "(other load on the machine? run longer)"
+            )
+    short = [p for p, n in PERCENTILE_MIN_RUNS.items() if result.error is None and result.runs < n]
+    if short:
+        needed = ", ".join(f"{p} needs {PERCENTILE_MIN_RUNS[p]}" for p in short)
+        notes.append(f"only {result.runs} timed runs: {needed} to be more than the maximum")
+    return notes
+
+
+def write_plot(report: BenchReport, path: Path) -> None:
+    """Latency percentiles and throughput against batch size, one PNG, written atomically."""
+    from matplotlib.figure import Figure  # heavy; only when a plot is asked for
+
+    done = [b for b in report.batches if b.error is None]
+    if not done:
+        raise InputError("nothing to plot: every batch size failed")
+    sizes = [b.batch_size for b in done]
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    latency, throughput = fig.subplots(1, 2)
+    for name in ("p50_ms", "p90_ms", "p99_ms"):
+        latency.plot(sizes, [getattr(b, name) for b in done], marker="o", label=f"ORT {name[:3]}")
+    throughput.plot(sizes, [b.images_per_s for b in done], marker="o", label=report.provider)
+    if all(b.torch_runs for b in done):
+        latency.plot(sizes, [b.torch_p50_ms for b in done], "k--", marker="s", label="eager p50")
+        throughput.plot(
+            sizes, [b.torch_images_per_s for b in done], "k--", marker="s", label="PyTorch eager"
+        )
+    for axes, label in ((latency, "latency (ms)"), (throughput, "throughput (images/s)")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(sizes, [str(s) for s in sizes])
+        axes.set_xlabel("batch size")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    fig.suptitle(
+        f"{report.model.name} ({report.metadata.arch}, {report.input_dtype}) on "
+        f"{report.provider}, {report.threads} threads, {report.environment.cpu_model}",
+        fontsize=10,
+    )
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def summary(report: BenchReport) -> str:
+    """The terminal report: what ran where, one row per batch size, then warnings and errors."""
+    env, meta = report.environment, report.metadata
+    lines = [
+        f"{report.model}: {meta.arch} ({meta.variant}), {report.input_dtype}, "
+        f"sha256 {report.model_sha256[:12]}",
+        f"{report.provider}, {report.threads} threads, spinning {_on(report.spinning)}, "
+        f"IO binding {_on(report.io_binding)}, graph optimization {report.graph_optimization}",
+        f"{env.cpu_model}, {env.physical_cores} physical cores"
+        + "".join(f"; {gpu}" for gpu in env.gpus),
+    ]
+    used = {name: opts for name, opts in report.provider_options.items() if opts}
+    if used:
+        lines.append(f"provider options: {used}")
+    headers = ["batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "cv", "images/s"]
+    eager = report.options.baseline == "torch"
+    if eager:
+        headers += ["eager p50 ms", "eager images/s", "speed-up"]
+    rows, notes = [], []
+    for b in report.batches:
+        notes += [f"batch {b.batch_size}: {text}" for text in b.warnings]
+        if b.error is not None:
+            notes.append(f"batch {b.batch_size}: failed: {b.error}")
+            continue
+        row = [b.batch_size, b.runs, b.mean_ms, b.p50_ms, b.p90_ms, b.p99_ms, b.max_ms, b.cv]
+        row.append(b.images_per_s)
+        if eager:
+            row += [b.torch_p50_ms, b.torch_images_per_s, b.speedup_vs_torch]
+        rows.append(["-" if value is None else value for value in row])
+    if rows:
+        lines += ["", format_table(headers, rows)]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines)
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
