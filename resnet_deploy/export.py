@@ -20,6 +20,7 @@ from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output, check_output_path
 from resnet_deploy.metadata import ModelMetadata, write_metadata
 from resnet_deploy.model import ARCHS, SEED_IMAGE_SIZE, VARIANTS, BuiltModel, build_model
+from resnet_deploy.report import format_table
 from resnet_deploy.weights import RANDOM
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -199,3 +200,26 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def count_ops(proto: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in proto.graph.node).most_common())
+
+
+def format_result(result: ExportResult) -> str:
+    """The summary for people: the file, the model, time per step, nodes before and after."""
+    meta = result.metadata
+    weights = f"random, seed {meta.seed}" if meta.seed is not None else meta.weights
+    size = meta.image_size
+    ops = sorted(set(result.ops_exported) | set(result.ops_final))
+    rows = [[op, result.ops_exported.get(op, 0), result.ops_final.get(op, 0)] for op in ops]
+    rows.append(["total", sum(result.ops_exported.values()), sum(result.ops_final.values())])
+    return "\n".join(
+        [
+            f"wrote {result.output} ({result.file_bytes / 1e6:.1f} MB)",
+            *(f"weights: {note}" for note in result.notes),
+            f"{meta.arch} ({meta.variant}), weights {weights}, opset {meta.opset}, "
+            f"batch {meta.batch}, input {meta.input_name} [N,3,{size},{size}], "
+            f"{result.parameters:,} parameters",
+            "",
+            format_table(["step", "seconds"], list(result.step_seconds.items())),
+            "",
+            format_table(["op", "exported", "final"], rows),
+        ]
+    )

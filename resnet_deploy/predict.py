@@ -1,0 +1,204 @@
+"""Predict: ImageNet class names for image files, with the preprocessing the model records.
+
+Images go through the model in batches. A fixed-batch file (``export --batch N``) only accepts
+exactly N images a run, so the last batch is padded with zeros and the padding's results are
+dropped. A file that cannot be read as an image is reported by name and skipped: one bad file
+in a folder of thousands should not cost the others their results.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from resnet_deploy.errors import InputError
+from resnet_deploy.images import list_images, load_image
+from resnet_deploy.labels import imagenet_classes
+from resnet_deploy.metadata import ModelMetadata
+from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.providers import SessionConfig, create_session, resolve_provider
+from resnet_deploy.report import format_table
+from resnet_deploy.runners import input_dtype
+
+DEFAULT_BATCH_SIZE = 8
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    top: int = 5
+    provider: str = "cpu"
+    batch_size: int | None = None  # None: the model's fixed batch, or DEFAULT_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    class_index: int
+    class_name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    path: Path
+    top: list[ClassScore]
+
+
+@dataclass(frozen=True)
+class ImageError:
+    path: Path
+    error: str  # the whole message, which names the file and the cause
+
+
+@dataclass
+class PredictReport:
+    model: Path
+    metadata: ModelMetadata
+    provider: str
+    batch_size: int
+    predictions: list[ImagePrediction] = field(default_factory=list)
+    errors: list[ImageError] = field(default_factory=list)
+
+
+def predict(
+    model_path: Path,
+    inputs: Sequence[str | Path],
+    options: PredictOptions = PredictOptions(),
+    progress: Callable[[str], None] = lambda step: None,
+) -> PredictReport:
+    """Classify every image that ``inputs`` (files, folders, glob patterns) names."""
+    names = imagenet_classes()
+    if not 1 <= options.top <= len(names):
+        raise InputError(f"--top must be between 1 and {len(names)}, got {options.top}")
+    model_path = Path(model_path)
+    paths, errors = expand_inputs(inputs)
+    if not paths:
+        causes = "; ".join(e.error for e in errors)
+        raise InputError(f"no images found ({causes})" if causes else "no images given")
+    _, metadata = load_with_metadata(model_path)
+    batch_size = choose_batch_size(options, metadata, model_path)
+    progress(f"start ONNX Runtime on {resolve_provider(options.provider)}")
+    session = create_session(model_path, SessionConfig(provider=options.provider))
+    dtype = input_dtype(session)  # float32 for fp16 and int8 files too, which keep fp32 I/O
+    report = PredictReport(
+        model=model_path,
+        metadata=metadata,
+        provider=session.get_providers()[0],
+        batch_size=batch_size,
+        errors=errors,
+    )
+    for group, batch in batches(paths, metadata, batch_size, report.errors):
+        progress(f"{len(report.predictions) + len(group)} images classified")
+        padded = pad(batch, batch_size) if metadata.batch != "dynamic" else batch
+        logits = session.run([metadata.output_name], {metadata.input_name: padded.astype(dtype)})
+        rows = logits[0][: len(group)]  # the padding's rows are dropped
+        for path, probabilities in zip(group, softmax(rows), strict=True):
+            report.predictions.append(ImagePrediction(path, top_k(probabilities, options.top)))
+    return report
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[ImageError]]:
+    """Image paths in the order given, each once; a pattern that matches nothing is an error.
+
+    Patterns are expanded here too, so a quoted ``'imgs/*.jpg'`` works as the shell's would and
+    a folder too large for one command line can still be named by a pattern.
+    """
+    paths: list[Path] = []
+    errors: list[ImageError] = []
+    for given in map(str, inputs):
+        if Path(given).exists() or not GLOB_CHARACTERS & set(given):
+            paths += expand_path(Path(given))
+            continue
+        matches = sorted(glob.glob(given, recursive=True))
+        if not matches:
+            errors.append(ImageError(Path(given), f"{given}: no file matches this pattern"))
+        for match in matches:
+            paths += expand_path(Path(match))
+    return list(dict.fromkeys(paths)), errors
+
+
+def expand_path(path: Path) -> list[Path]:
+    """A folder's images, or the path itself: a missing or unreadable file is reported later."""
+    return list_images(path) if path.is_dir() else [path]
+
+
+def choose_batch_size(options: PredictOptions, metadata: ModelMetadata, path: Path) -> int:
+    if options.batch_size is not None and options.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {options.batch_size}")
+    if metadata.batch == "dynamic":
+        return options.batch_size or DEFAULT_BATCH_SIZE
+    fixed = int(metadata.batch)
+    if options.batch_size not in (None, fixed):
+        raise InputError(
+            f"{path}: has a fixed batch of {fixed}; it cannot run batches of {options.batch_size}"
+        )
+    return fixed
+
+
+def batches(
+    paths: Sequence[Path], metadata: ModelMetadata, batch_size: int, errors: list[ImageError]
+) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Decoded images, ``batch_size`` at a time; files that fail to decode go to ``errors``.
+
+    Decoding as it goes keeps memory at one batch, however many images there are.
+    """
+    group: list[Path] = []
+    arrays: list[np.ndarray] = []
+    for path in paths:
+        try:
+            arrays.append(load_image(path, metadata.image_size, metadata.mean, metadata.std))
+        except InputError as exc:
+            errors.append(ImageError(path, str(exc)))
+            continue
+        group.append(path)
+        if len(group) == batch_size:
+            yield group, np.stack(arrays)
+            group, arrays = [], []
+    if group:
+        yield group, np.stack(arrays)
+
+
+def pad(batch: np.ndarray, size: int) -> np.ndarray:
+    """``batch`` filled up to ``size`` rows with zeros, whose results the caller drops."""
+    filler = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
+    return np.concatenate([batch, filler])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise, in float64, so small probabilities keep their digits and rows sum to 1."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def top_k(probabilities: np.ndarray, k: int) -> list[ClassScore]:
+    """The ``k`` most likely classes, most likely first (ties by class index)."""
+    names = imagenet_classes()
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [ClassScore(int(i), names[i], float(probabilities[i])) for i in order]
+
+
+def format_predictions(report: PredictReport) -> str:
+    """One row per class shown, the image named on its first row only."""
+    rows = [
+        [
+            str(p.path) if rank == 1 else "",
+            rank,
+            score.class_index,
+            score.class_name,
+            f"{score.probability:.4f}",
+        ]
+        for p in report.predictions
+        for rank, score in enumerate(p.top, start=1)
+    ]
+    meta = report.metadata
+    head = (
+        f"{report.model}: {meta.arch} ({meta.variant}, {meta.precision}) on {report.provider}, "
+        f"{len(report.predictions)} images classified"
+    )
+    table = format_table(["image", "rank", "index", "class", "probability"], rows)
+    return f"{head}\n\n{table}"

@@ -1,0 +1,153 @@
+"""Decoding and preprocessing, checked pixel by pixel on images the tests draw themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_deploy.errors import InputError
+from resnet_deploy.images import list_images, load_batch, load_image
+from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_STD
+
+RED, BLUE = (220, 20, 60), (30, 60, 200)
+
+
+def normalised(rgb: tuple[int, int, int]) -> np.ndarray:
+    """What one pixel of colour ``rgb`` must become, per channel."""
+    pixel = np.asarray(rgb, np.float32) / 255.0
+    return (pixel - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+
+
+def assert_colour(array: np.ndarray, rgb: tuple[int, int, int]) -> None:
+    expected = normalised(rgb)[:, None, None] * np.ones_like(array)
+    np.testing.assert_allclose(array, expected, rtol=0, atol=1e-6)
+
+
+def test_solid_colour_becomes_exactly_the_normalised_colour(tmp_path: Path) -> None:
+    path = tmp_path / "solid.png"
+    Image.new("RGB", (300, 200), (200, 100, 50)).save(path)
+    array = load_image(path, 224)
+    assert array.shape == (3, 224, 224) and array.dtype == np.float32
+    assert_colour(array, (200, 100, 50))
+
+
+def test_mean_and_std_come_from_the_caller(tmp_path: Path) -> None:
+    path = tmp_path / "grey.png"
+    Image.new("RGB", (64, 64), (51, 102, 255)).save(path)
+    array = load_image(path, 32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    np.testing.assert_allclose(array[:, 0, 0], [0.2, 0.4, 1.0], atol=1e-6)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    # Stored 40 wide x 20 high: left half red, right half blue. Orientation 6 says "rotate 90
+    # degrees clockwise to display", which puts the left half on top.
+    image = Image.new("RGB", (40, 20), BLUE)
+    image.paste(RED, (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.png"
+    image.save(path, exif=exif)
+    array = load_image(path, 16)
+    assert_colour(array[:, :4, :], RED)
+    assert_colour(array[:, -4:, :], BLUE)
+
+
+def test_resize_and_center_crop_follow_the_imagenet_recipe(tmp_path: Path) -> None:
+    # 448 -> 256 (short side, 256/224 of the crop) -> center 224: the crop drops 16 of 256
+    # pixels per side, i.e. 28 of the original 448. A 24-pixel red frame vanishes entirely; a
+    # 36-pixel one shows at the edges.
+    for frame, edge in ((24, BLUE), (36, RED)):
+        image = Image.new("RGB", (448, 448), RED)
+        image.paste(BLUE, (frame, frame, 448 - frame, 448 - frame))
+        path = tmp_path / f"frame{frame}.png"
+        image.save(path)
+        array = load_image(path, 224)
+        assert_colour(array[:, 112:113, 0:1], edge)
+        assert_colour(array[:, 100:124, 100:124], BLUE)
+
+
+def test_the_short_side_is_resized_on_wide_images(tmp_path: Path) -> None:
+    # 400x200 -> 512x256 -> center 224 keeps columns 144..368 of 512, i.e. 112.5..287.5 of the
+    # original: a red quarter on each side is cropped away.
+    image = Image.new("RGB", (400, 200), RED)
+    image.paste(BLUE, (100, 0, 300, 200))
+    path = tmp_path / "wide.png"
+    image.save(path)
+    assert_colour(load_image(path, 224), BLUE)
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "rgb"),
+    [
+        ("L", 77, (77, 77, 77)),
+        ("LA", (77, 0), (77, 77, 77)),
+        ("RGBA", (10, 200, 30, 0), (10, 200, 30)),  # alpha dropped, as torchvision's loader does
+        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+        ("I;16", 65535, (255, 255, 255)),
+        ("I;16", 128 * 257, (128, 128, 128)),  # Pillow's own conversion would clip to 255
+        ("I", 100 * 257, (100, 100, 100)),
+    ],
+)
+def test_other_modes_become_the_right_rgb(
+    tmp_path: Path, mode: str, value: object, rgb: tuple[int, int, int]
+) -> None:
+    path = tmp_path / ("image.tiff" if mode in ("CMYK", "I") else "image.png")
+    Image.new(mode, (8, 8), value).save(path)
+    assert_colour(load_image(path, 8), rgb)
+
+
+def test_palette_image(tmp_path: Path) -> None:
+    path = tmp_path / "palette.gif"
+    image = Image.new("P", (16, 16), 1)
+    image.putpalette([0, 0, 0, 240, 120, 0])
+    image.save(path)
+    assert_colour(load_image(path, 8), (240, 120, 0))
+
+
+def test_truncated_and_fake_images_name_the_file(tmp_path: Path) -> None:
+    good = tmp_path / "photo.png"
+    Image.effect_noise((64, 64), 50).convert("RGB").save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:400])
+    with pytest.raises(InputError, match=r"truncated.png: broken or truncated image"):
+        load_image(truncated, 32)
+    fake = tmp_path / "page.jpg"
+    fake.write_text("<html>404</html>")
+    with pytest.raises(InputError, match=r"page.jpg: cannot read image"):
+        load_image(fake, 32)
+
+
+def test_decompression_bomb_limit_stays_on(tmp_path: Path, monkeypatch) -> None:
+    assert Image.MAX_IMAGE_PIXELS is not None
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
+    with pytest.raises(InputError, match=r"huge.png: cannot read image.*decompression bomb"):
+        load_image(path, 32)
+
+
+def test_list_images_sorted_recursive_by_extension(tmp_path: Path) -> None:
+    for name in ("b/2.JPG", "a.png", "b/1.jpeg", ".hidden/x.png", "notes.txt", "c.webp"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert found == ["a.png", "b/1.jpeg", "b/2.JPG", "c.webp"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no image files"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(InputError, match="not a folder"):
+        list_images(tmp_path / "a.png")
+
+
+def test_load_batch_is_nchw(tmp_path: Path) -> None:
+    paths = []
+    for i, colour in enumerate((RED, BLUE)):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (50, 40), colour).save(paths[-1])
+    batch = load_batch(paths, 32)
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
+    assert_colour(batch[1], BLUE)
