@@ -2,17 +2,19 @@
 
     python benchmarks/headline.py [--duration 10] [--warmup 3] [--note "quiet machine"]
 
-Exports ResNet50 (torchvision variant, random weights), benches it at batch 1 and 8 on the CPU,
-and on CUDA where CUDA really starts, with eager PyTorch timed in the same run, and writes
+Exports ResNet50 (torchvision variant, random weights), makes its int8 (and, for CUDA, fp16)
+models with `optimize`, verifies each against eager fp32, benches each at batch 1 and 8 on the
+CPU and on CUDA where CUDA really starts, with eager PyTorch timed in the same run, and writes
 ``benchmarks/results/<date>-<cpu|gpu>.md`` and ``.json``. Each row is one (precision, runtime,
-batch); a new precision is one more entry in PRECISIONS. Ratios are what to compare between
-machines; absolute times are this machine's.
+batch), its speed beside its accuracy. Ratios are what to compare between machines; absolute
+times are this machine's.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -23,10 +25,17 @@ from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import ProviderError
 from resnet_deploy.export import ExportOptions, export_model
 from resnet_deploy.files import write_text_atomic
+from resnet_deploy.optimize import OptimizeOptions, optimize_model
 from resnet_deploy.report import to_json
+from resnet_deploy.verify import VerifyOptions, VerifyReport, verify
 
-PRECISIONS: dict[str, dict] = {"fp32": {}}  # precision -> ExportOptions fields
-PROVIDERS = ("cpu", "cuda")
+# precision -> the providers it is benched on. fp16 is a GPU format: ONNX Runtime's CPU
+# provider runs most of it through casts, which says nothing about fp16.
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "fp32": ("cpu", "cuda"),
+    "int8": ("cpu",),
+    "fp16": ("cuda",),
+}
 BATCH_SIZES = (1, 8)
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,65 +48,110 @@ class Row:
     p50_ms: float
     p90_ms: float
     images_per_s: float
-    vs_eager: float  # throughput over eager PyTorch's, same batch, same device, same run
+    vs_eager: float  # throughput over eager PyTorch fp32's, same batch, same device, same run
+    vs_fp32: float  # throughput over ONNX Runtime fp32's, same batch, same provider, same run
+    min_cosine: float  # of the logits against eager fp32, over the verification's inputs
+    top1_agreement: float
+
+
+@dataclass
+class Measured:
+    bench: BenchReport
+    check: VerifyReport
 
 
 def log(step: str) -> None:
     print(f"... {step}", file=sys.stderr, flush=True)
 
 
-def measure(warmup_s: float, duration_s: float) -> tuple[list[BenchReport], list[str]]:
-    reports, notes = [], []
+def measure(warmup_s: float, duration_s: float) -> tuple[list[Measured], list[str]]:
+    """Every precision on every provider it is meant for; eager is timed once, beside fp32."""
+    measured, notes, unavailable = [], [], set()
     with tempfile.TemporaryDirectory() as folder:
-        for precision, fields in PRECISIONS.items():
-            output = Path(folder) / f"resnet50-{precision}.onnx"
-            model = export_model(ExportOptions(output=output, **fields), progress=log).output
-            for provider in PROVIDERS:
+        fp32 = export_model(ExportOptions(output=Path(folder) / "resnet50.onnx"), progress=log)
+        for precision, providers in PRECISIONS.items():
+            for provider in providers:
+                if provider in unavailable:
+                    notes.append(f"{precision} on {provider}: not measured (see above)")
+                    continue
                 options = BenchOptions(
                     provider=provider,
                     batch_sizes=BATCH_SIZES,
                     warmup_s=warmup_s,
                     duration_s=duration_s,
+                    baseline="torch" if precision == "fp32" else "none",
                 )
                 try:
-                    reports.append(bench(model, options, progress=log))
+                    model, check = prepare(fp32.output, precision, provider)
+                    measured.append(Measured(bench(model, options, progress=log), check))
                 except ProviderError as exc:
-                    notes.append(f"{provider}: not measured ({exc})")
-    return reports, notes
+                    unavailable.add(provider)
+                    notes.append(f"{precision} on {provider}: not measured ({exc})")
+    return measured, notes
 
 
-def rows_of(report: BenchReport) -> list[Row]:
+def prepare(fp32: Path, precision: str, provider: str) -> tuple[Path, VerifyReport]:
+    """The model file for ``precision`` and its verification against eager fp32."""
+    if precision == "fp32":
+        return fp32, verify(fp32, VerifyOptions(provider=provider), progress=log)
+    result = optimize_model(fp32, OptimizeOptions(precision=precision, force=True), progress=log)
+    return result.output, result.guard
+
+
+def rows_of(item: Measured, measured: list[Measured]) -> list[Row]:
+    """Eager fp32 (beside fp32 only) and ONNX Runtime rows, ratios against the same run's."""
+    report, check = item.bench, item.check
     precision = report.metadata.precision
+    fp32 = next(
+        m.bench
+        for m in measured
+        if m.bench.metadata.precision == "fp32" and m.bench.provider == report.provider
+    )
+    baseline = {b.batch_size: b for b in fp32.batches if b.error is None}
+    cosine = min(s.errors.min_cosine_similarity for s in check.shapes)
+    top1 = min(s.errors.top1_agreement for s in check.shapes)
     device = "CPU" if report.provider == "CPUExecutionProvider" else "GPU"
+    runtime = f"ONNX Runtime {report.provider.removesuffix('ExecutionProvider')}"
     rows = []
     for b in report.batches:
-        if b.error is not None or b.speedup_vs_torch is None:
+        base = baseline.get(b.batch_size)
+        if b.error is not None or base is None or base.torch_images_per_s is None:
             continue
-        eager = Row(
-            precision,
-            f"PyTorch eager ({device})",
-            b.batch_size,
-            b.torch_p50_ms,
-            b.torch_p90_ms,
-            b.torch_images_per_s,
-            1.0,
+        eager_ips = base.torch_images_per_s
+        if precision == "fp32":
+            eager = (base.torch_p50_ms, base.torch_p90_ms, eager_ips)
+            rows.append(
+                Row(
+                    "fp32",
+                    f"PyTorch eager ({device})",
+                    b.batch_size,
+                    *eager,
+                    1.0,
+                    float("nan"),
+                    1.0,
+                    1.0,
+                )
+            )
+        rows.append(
+            Row(
+                precision,
+                runtime,
+                b.batch_size,
+                b.p50_ms,
+                b.p90_ms,
+                b.images_per_s,
+                b.images_per_s / eager_ips,
+                b.images_per_s / base.images_per_s,
+                cosine,
+                top1,
+            )
         )
-        ort = Row(
-            precision,
-            f"ONNX Runtime {report.provider.removesuffix('ExecutionProvider')}",
-            b.batch_size,
-            b.p50_ms,
-            b.p90_ms,
-            b.images_per_s,
-            b.speedup_vs_torch,
-        )
-        rows += [eager, ort]
     return rows
 
 
 def markdown(
     rows: list[Row],
-    reports: list[BenchReport],
+    measured: list[Measured],
     notes: list[str],
     env: Environment,
     when: str,
@@ -106,15 +160,18 @@ def markdown(
     lines = [
         f"# resnet-deploy headline: ResNet50 (torchvision, random weights), {when}",
         "",
-        "| precision | runtime | batch | p50 ms | p90 ms | images/s | vs eager |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| precision | runtime | batch | p50 ms | p90 ms | images/s | vs eager | vs ORT fp32 "
+        "| min cosine | top-1 agree |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r.batch_size, "eager" not in r.runtime, r.precision)):
+        vs_fp32 = "-" if math.isnan(r.vs_fp32) else f"{r.vs_fp32:.2f}x"
         lines.append(
             f"| {r.precision} | {r.runtime} | {r.batch_size} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | "
-            f"{r.images_per_s:.1f} | {r.vs_eager:.2f}x |"
+            f"{r.images_per_s:.1f} | {r.vs_eager:.2f}x | {vs_fp32} | {r.min_cosine:.4f} | "
+            f"{r.top1_agreement:.2f} |"
         )
-    first = reports[0] if reports else None
+    first = measured[0].bench if measured else None
     lines += [
         "",
         f"- CPU: {env.cpu_model}, {env.physical_cores} physical cores ({env.logical_cpus} logical)",
@@ -124,15 +181,24 @@ def markdown(
         f"- {env.platform}, Python {env.python}, "
         + ", ".join(f"{name} {version}" for name, version in env.packages.items()),
         "- p50/p90: per-run latency; images/s: batch x runs / wall time of the timed loop; "
-        "vs eager: throughput over eager PyTorch, same batch, same device, same run",
+        "vs eager: throughput over eager PyTorch fp32, same batch, same device, same run; "
+        "vs ORT fp32: over ONNX Runtime fp32 on the same provider",
+        "- min cosine, top-1 agree: the logits against eager fp32 on verify's held-out random "
+        "inputs (batches 1, 2, 7); int8 is static QDQ (u8 activations, per-channel s8 weights, "
+        "minmax on 32 random inputs). Random weights leave top logits nearly tied, so top-1 "
+        "agreement is far lower than a trained network's",
     ]
     if first:
         o = first.options
         lines.append(f"- warm-up {o.warmup_s} s and timed loop {o.duration_s} s per batch size")
     lines += [f"- {text}" for text in notes]
-    for report in reports:
-        for b in report.batches:
-            lines += [f"- {report.provider} batch {b.batch_size}: {w}" for w in b.warnings]
+    for item in measured:
+        report = item.bench
+        lines += [
+            f"- {report.metadata.precision} on {report.provider} batch {b.batch_size}: {w}"
+            for b in report.batches
+            for w in b.warnings
+        ]
     if note:
         lines.append(f"- note: {note}")
     lines += ["", "Reproduce: `python benchmarks/headline.py`", ""]
@@ -147,13 +213,13 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     env = describe_environment()
-    reports, notes = measure(args.warmup, args.duration)
-    rows = [row for report in reports for row in rows_of(report)]
+    measured, notes = measure(args.warmup, args.duration)
+    rows = [row for item in measured for row in rows_of(item, measured)]
     when = datetime.date.today().isoformat()
-    text = markdown(rows, reports, notes, env, when, args.note)
+    text = markdown(rows, measured, notes, env, when, args.note)
     stem = args.output_dir / f"{when}-{'gpu' if env.gpus else 'cpu'}"
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    record = {"date": when, "note": args.note, "rows": rows, "notes": notes, "reports": reports}
+    record = {"date": when, "note": args.note, "rows": rows, "notes": notes, "runs": measured}
     write_text_atomic(stem.with_suffix(".md"), text)
     write_text_atomic(stem.with_suffix(".json"), to_json(record))
     print(text)

@@ -463,7 +463,7 @@ def format_report(report: VerifyReport) -> str:
         "",
     ]
     headers = ["batch", "size", "samples", "max abs", "max rel", "mean abs", "min cosine"]
-    headers += ["top-1", "top-5", "noise floor", "result"]
+    headers += ["min SQNR dB", "top-1", "top-5", "noise floor", "result"]
     rows = [
         [
             s.batch_size,
@@ -473,6 +473,7 @@ def format_report(report: VerifyReport) -> str:
             s.errors.max_rel_error,
             s.errors.mean_abs_error,
             f"{s.errors.min_cosine_similarity:.7f}",
+            s.errors.min_sqnr_db,
             s.errors.top1_agreement,
             s.errors.top5_agreement,
             s.noise_floor_max_abs,
