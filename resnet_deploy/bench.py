@@ -161,7 +161,7 @@ def bench(
     on_gpu = provider in (CUDA, TENSORRT)
     config = SessionConfig(
         provider=provider,
-        provider_options=_provider_options(provider, options),
+        provider_options=provider_options_for(provider, options),
         intra_op_threads=threads,
         graph_optimization="all",
         session_config_entries={SPINNING: "1" if options.spin else "0"},
@@ -215,7 +215,8 @@ def _batch_sizes(
     return (fixed,)
 
 
-def _provider_options(provider: str, options: BenchOptions) -> dict[str, str]:
+def provider_options_for(provider: str, options: BenchOptions) -> dict[str, str]:
+    """The provider options a bench with ``options`` asks ONNX Runtime for."""
     if provider == CUDA:
         return cuda_provider_options(
             cudnn_algo=options.cudnn_algo,

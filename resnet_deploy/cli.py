@@ -145,7 +145,7 @@ def export(
       resnet-deploy export --variant seed --weights tutorial.pth -o seed.onnx
       resnet-deploy export --arch resnet18 --batch 8 --json
     """
-    from resnet_deploy.export import ExportOptions, export_model
+    from resnet_deploy.export import ExportOptions, export_model, format_result
 
     options = ExportOptions(
         output=output or Path(f"{arch}.onnx"),
@@ -162,25 +162,8 @@ def export(
     )
     result = export_model(options, progress=progress)
     emit_json(result, json_out)
-    if json_out == "-":
-        return  # stdout holds the JSON record alone
-    click.echo(f"wrote {result.output} ({result.file_bytes / 1e6:.1f} MB)")
-    for note in result.notes:
-        click.echo(f"weights: {note}")
-    meta = result.metadata
-    weights_desc = f"random, seed {meta.seed}" if meta.seed is not None else meta.weights
-    click.echo(
-        f"{meta.arch} ({meta.variant}), weights {weights_desc}, opset {meta.opset}, "
-        f"batch {meta.batch}, input {meta.input_name} [N,3,{meta.image_size},{meta.image_size}], "
-        f"{result.parameters:,} parameters"
-    )
-    click.echo()
-    click.echo(format_table(["step", "seconds"], list(result.step_seconds.items())))
-    click.echo()
-    ops = sorted(set(result.ops_exported) | set(result.ops_final))
-    rows = [[op, result.ops_exported.get(op, 0), result.ops_final.get(op, 0)] for op in ops]
-    rows.append(["total", sum(result.ops_exported.values()), sum(result.ops_final.values())])
-    click.echo(format_table(["op", "exported", "final"], rows))
+    if json_out != "-":  # otherwise stdout holds the JSON record alone
+        click.echo(format_result(result))
 
 
 def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -243,6 +226,45 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
     help="Plot latency and throughput against batch size to FILE.png.",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option(
+    "--scenario",
+    help="Run an MLPerf LoadGen scenario instead: singlestream, multistream, server, offline.",
+)
+@click.option(
+    "--target-qps",
+    type=float,
+    help="Server: Poisson arrival rate [default: half the measured throughput]; "
+    "Offline: expected samples/s [default: measured].",
+)
+@click.option("--latency-bound-ms", type=float, help="Server: p99 bound [default: 15].")
+@click.option(
+    "--min-duration", "min_duration_s", type=float, help="Scenario: seconds at least [default: 5]."
+)
+@click.option(
+    "--min-queries",
+    type=int,
+    help="Scenario: queries at least [default: early stopping's minimum]; Offline: samples.",
+)
+@click.option("--samples", type=int, help="Scenario: generated inputs [64], or images used [all].")
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    help="Scenario: image folder to serve (class-index subfolders 0/ ... 999/ label it).",
+)
+@click.option(
+    "--labels", type=click.Path(path_type=Path), help="Scenario: 'name<TAB>class' lines instead."
+)
+@click.option("--accuracy", is_flag=True, help="Scenario: LoadGen's accuracy mode, top-1.")
+@click.option("--max-batch", type=int, help="Scenario: largest batch [1, 8, 8, 32 by scenario].")
+@click.option("--batch-timeout-ms", type=float, help="Server: most a sample waits [default: 2].")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Scenario: keep LoadGen's logs in DIR [default: removed].",
+)
+@click.option("--official", is_flag=True, help="Scenario: MLPerf's official ResNet50 settings.")
+@click.option("--find-peak", is_flag=True, help="Server: bisect for the highest VALID QPS.")
+@click.option("--peak-steps", type=int, help="Server --find-peak: LoadGen runs [default: 6].")
 def bench_command(
     model: Path,
     json_out: str | None,
@@ -258,11 +280,21 @@ def bench_command(
       resnet-deploy bench resnet50.onnx
       resnet-deploy bench resnet50.onnx --batch-sizes 1,8 --duration 10 --csv b.csv --plot b.png
       resnet-deploy bench resnet50.onnx --provider cuda --cuda-graph --batch-sizes 8 --json
+      resnet-deploy bench resnet50.onnx --scenario server --target-qps 20 --log-dir logs
+      resnet-deploy bench resnet50.onnx --scenario offline --images val/ --accuracy
     """
     from resnet_deploy.bench import BenchOptions, bench, summary, write_plot
     from resnet_deploy.files import check_output_path
     from resnet_deploy.report import write_csv
 
+    scenario = options.pop("scenario")
+    if scenario is not None or any(options[key] not in (None, False) for key in SCENARIO_KEYS):
+        scenario_args = {key: options.pop(key) for key in SCENARIO_KEYS}
+        engine = BenchOptions(**options)
+        bench_scenario(model, scenario, engine, scenario_args, json_out, csv_out, plot_out, force)
+        return
+    for key in SCENARIO_KEYS:
+        del options[key]
     json_file = None if json_out in (None, "-") else Path(json_out)
     outputs = [out for out in (json_file, csv_out, plot_out) if out is not None]
     for out in outputs:
@@ -279,6 +311,56 @@ def bench_command(
             click.echo(f"wrote {out}")
     if all(b.error is not None for b in report.batches):
         sys.exit(1)  # nothing was measured
+
+
+SCENARIO_KEYS = (
+    "target_qps",
+    "latency_bound_ms",
+    "min_duration_s",
+    "min_queries",
+    "samples",
+    "images",
+    "labels",
+    "accuracy",
+    "max_batch",
+    "batch_timeout_ms",
+    "log_dir",
+    "official",
+    "find_peak",
+    "peak_steps",
+)
+
+
+def bench_scenario(
+    model: Path,
+    scenario: str | None,
+    engine: Any,
+    scenario_args: dict[str, Any],
+    json_out: str | None,
+    csv_out: Path | None,
+    plot_out: Path | None,
+    force: bool,
+) -> None:
+    """``bench --scenario``: LoadGen drives the load (see resnet_deploy.loadgen)."""
+    from resnet_deploy.errors import InputError
+    from resnet_deploy.files import check_output_path
+    from resnet_deploy.loadgen import ScenarioOptions, format_result, run_scenario
+
+    given = {key: value for key, value in scenario_args.items() if value not in (None, False)}
+    if scenario is None:
+        flags = ", ".join("--" + key.removesuffix("_s").replace("_", "-") for key in given)
+        raise InputError(f"{flags} {'needs' if len(given) == 1 else 'need'} --scenario")
+    if csv_out is not None or plot_out is not None:
+        raise InputError("--csv and --plot chart batch sizes; with --scenario use --json")
+    if json_out not in (None, "-"):
+        check_output_path(Path(json_out), force=force, inputs=[model])
+    options = ScenarioOptions(scenario=scenario, engine=engine, force=force, **given)
+    result = run_scenario(model, options, progress=progress)
+    emit_json(result, json_out)
+    if json_out != "-":
+        click.echo(format_result(result))
+        if json_out is not None:
+            click.echo(f"wrote {json_out}")
 
 
 def parse_sizes(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -425,3 +507,247 @@ def doctor(json_out: str | None) -> None:
         click.echo("CUDA does NOT work here:")
     for problem in report.problems:
         click.echo(f"  - {problem}")
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--weights", help="The checkpoint, if it moved since export (its sha256 must match).")
+@click.option("--arch", type=click.Choice(ARCHS), help="Only for files without metadata.")
+@click.option("--variant", type=click.Choice(VARIANTS), help="Only for files without metadata.")
+@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
+@click.option(
+    "--batch-sizes",
+    callback=parse_batch_sizes,
+    help="Comma-separated [default: 1,2,7, or the batch a fixed-batch model was exported with].",
+)
+@click.option("--image-size", type=int, help="[default: the model's; 160 too if it allows]")
+@click.option(
+    "--inputs",
+    default="random",
+    show_default=True,
+    help="'random' (seeded normal), a folder of images, or an N,3,S,S float32 .npy file.",
+)
+@click.option("--samples", type=int, help="Inputs per shape [default: 8 random, or every image].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@click.option("--atol", type=float, help="Absolute tolerance [default: 5e-4 for fp32].")
+@click.option("--rtol", type=float, help="Relative tolerance [default: 1e-3 for fp32].")
+@click.option("--min-cosine", type=float, help="Least cosine similarity of each sample's logits.")
+@click.option("--allow-tf32", is_flag=True, help="CUDA: leave TF32 on, as ONNX Runtime would.")
+@click.option("--localize", is_flag=True, help="Compare layer by layer; name the first divergence.")
+@json_option()
+def verify_command(model: Path, json_out: str | None, **options: Any) -> None:
+    """Check that an ONNX file computes what the eager PyTorch model computes.
+
+    Exits 0 when every shape passes, 1 when the numbers disagree, 2 on bad input.
+
+    \b
+    Examples:
+      resnet-deploy verify resnet50.onnx
+      resnet-deploy verify resnet50.onnx --inputs photos/ --localize
+      resnet-deploy verify resnet50.onnx --provider cuda --batch-sizes 1,8 --json report.json
+    """
+    from resnet_deploy.errors import NumericsError
+    from resnet_deploy.verify import VerifyOptions, format_report, verify
+
+    report = verify(model, VerifyOptions(**options), progress=progress)
+    emit_json(report, json_out)
+    if json_out != "-":
+        click.echo(format_report(report))
+    if not report.passed:
+        raise NumericsError(report.summary())
+
+
+@main.command("predict")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--top", type=int, default=5, show_default=True, help="Classes shown per image.")
+@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
+@click.option("--batch-size", type=int, help="Images per run [default: 8, or the model's fixed].")
+@json_option()
+@click.option("--force", is_flag=True, help="Overwrite an existing JSON file.")
+def predict_command(
+    model: Path, images: tuple[str, ...], json_out: str | None, force: bool, **options: Any
+) -> None:
+    """Classify images: each one's most likely ImageNet classes, with probabilities.
+
+    IMAGE is a file, a folder (searched recursively) or a glob pattern, quoted or not.
+    Unreadable images are named on stderr and skipped; the exit code is then 2.
+
+    \b
+    Examples:
+      resnet-deploy predict resnet50.onnx cat.jpg dog.png
+      resnet-deploy predict resnet50.onnx photos/ 'more/*.jpg' --top 3
+      resnet-deploy predict resnet50-int8.onnx photos/ --json predictions.json
+    """
+    from resnet_deploy.files import check_output_path
+    from resnet_deploy.predict import PredictOptions, format_predictions, predict
+
+    if json_out not in (None, "-"):
+        check_output_path(Path(json_out), force=force, inputs=[model])
+    report = predict(model, images, PredictOptions(**options), progress=progress)
+    emit_json(report, json_out)
+    if json_out != "-" and report.predictions:
+        click.echo(format_predictions(report))
+    for error in report.errors:
+        click.echo(f"error: {error.error}", err=True)
+    if report.errors:
+        total = len(report.predictions) + len(report.errors)
+        click.echo(f"{len(report.errors)} of {total} inputs failed", err=True)
+        sys.exit(2)  # as for any bad input, but only after the good images are printed
+
+
+@main.command("run")
+@click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
+@click.option("--variant", type=click.Choice(VARIANTS), default="torchvision", show_default=True)
+@click.option("--weights", default="random", show_default=True, help="'random' or a state dict.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
+@click.option(
+    "--batch-sizes",
+    callback=parse_batch_sizes,
+    default="1,8",
+    show_default=True,
+    help="Comma-separated batch sizes to bench.",
+)
+@click.option("--duration", "duration_s", type=float, help="Timed seconds per batch size.")
+@click.option(
+    "--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True
+)
+@click.option(
+    "-o",
+    "--out",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("resnet-deploy-run"),
+    show_default=True,
+    help="Folder for model.onnx and the reports.",
+)
+@click.option("--force", is_flag=True, help="Replace a folder that already holds files.")
+@json_option()
+def run(
+    arch: str,
+    variant: str,
+    weights: str,
+    seed: int,
+    image_size: int,
+    provider: str,
+    batch_sizes: tuple[int, ...],
+    duration_s: float | None,
+    baseline: str,
+    folder: Path,
+    force: bool,
+    json_out: str | None,
+) -> None:
+    """Export, verify and bench in one go, with every artifact in one folder.
+
+    Stops before the bench (exit 1) when the export does not verify.
+
+    \b
+    Examples:
+      resnet-deploy run
+      resnet-deploy run --variant seed --weights tutorial.pth -o seed-run
+      resnet-deploy run --provider cuda --batch-sizes 1,32
+    """
+    from resnet_deploy.pipeline import RunOptions, format_run, run_pipeline
+
+    options = RunOptions(
+        folder=folder,
+        arch=arch,
+        variant=variant,
+        weights=weights,
+        seed=seed,
+        image_size=image_size,
+        provider=provider,
+        batch_sizes=batch_sizes,
+        duration_s=duration_s,
+        baseline=baseline,
+        force=force,
+    )
+    report = run_pipeline(options, progress=progress)
+    emit_json(report, json_out)
+    if json_out != "-":
+        click.echo(format_run(report))
+    if not report.passed:
+        sys.exit(1)
+
+
+@main.command("optimize")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--precision", type=click.Choice(["fp16", "int8"]), required=True, help="Target precision."
+)
+@click.option(
+    "--calibration",
+    default="random",
+    show_default=True,
+    help="int8: 'random' inputs, or a folder of images (ImageNet preprocessing).",
+)
+@click.option("--samples", type=int, default=32, show_default=True, help="Calibration inputs.")
+@click.option(
+    "--method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="int8 calibration method.",
+)
+@click.option("--per-channel/--per-tensor", default=True, show_default=True)
+@click.option("--exclude", default="", help="Comma-separated nodes or modules to keep in float.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file [default: MODEL.PRECISION.onnx].",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--no-guard", is_flag=True, help="Write the model without the accuracy guard.")
+@click.option(
+    "--guard-samples", type=int, default=16, show_default=True, help="Held-out inputs per shape."
+)
+@json_option()
+def optimize(
+    model: Path,
+    precision: str,
+    calibration: str,
+    samples: int,
+    method: str,
+    per_channel: bool,
+    exclude: str,
+    output: Path | None,
+    force: bool,
+    no_guard: bool,
+    guard_samples: int,
+    json_out: str | None,
+) -> None:
+    """Make an fp16 or int8 model, checked against the eager fp32 model before it is written.
+
+    \b
+    Examples:
+      resnet-deploy optimize resnet50.onnx --precision int8
+      resnet-deploy optimize resnet50.onnx --precision int8 --calibration imgs/ --exclude conv1,fc
+      resnet-deploy optimize resnet50.onnx --precision fp16 -o resnet50.fp16.onnx
+    """
+    from resnet_deploy.optimize import GuardFailed, OptimizeOptions, format_result, optimize_model
+
+    options = OptimizeOptions(
+        precision=precision,
+        output=output,
+        calibration=calibration,
+        samples=samples,
+        method=method,
+        per_channel=per_channel,
+        exclude=tuple(name.strip() for name in exclude.split(",") if name.strip()),
+        guard=not no_guard,
+        guard_samples=guard_samples,
+        force=force,
+    )
+    try:
+        result = optimize_model(model, options, progress=progress)
+    except GuardFailed as failed:
+        emit_json(failed.result, json_out)
+        if json_out != "-":
+            click.echo(format_result(failed.result), err=True)
+        raise
+    emit_json(result, json_out)
+    if json_out != "-":
+        click.echo(format_result(result))

@@ -1,0 +1,274 @@
+"""MLPerf LoadGen scenarios: short runs (1 s, a handful of queries) that LoadGen itself drives.
+
+Nothing here asserts a time: the machine is shared. Short runs are mostly INVALID (too few
+queries for early stopping); what is checked is that LoadGen's own logs were read back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import resnet_deploy.loadgen as loadgen_module
+from resnet_deploy.bench import BenchOptions
+from resnet_deploy.cli import main
+from resnet_deploy.errors import InputError, ResnetDeployError
+from resnet_deploy.images import load_batch
+from resnet_deploy.loadgen import (
+    ScenarioOptions,
+    check_scenario_options,
+    parse_summary,
+    run_scenario,
+)
+from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.runners import OrtRunner
+
+pytest.importorskip("mlperf_loadgen")
+
+SHORT = {"min_duration_s": 1.0, "min_queries": 4}
+
+
+@pytest.fixture(scope="module")
+def r18(exported) -> Path:
+    return exported("resnet18").output
+
+
+@pytest.fixture(scope="module")
+def labelled(r18: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five noise images in class-index subfolders, labelled with the model's own answers."""
+    folder = tmp_path_factory.mktemp("labelled")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        path = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (60 + 10 * i, 90, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    session = create_session(r18, SessionConfig())
+    batch = load_batch(paths, 224)
+    predicted = session.run(None, {session.get_inputs()[0].name: batch})[0].argmax(axis=1)
+    for path, label in zip(paths, predicted.tolist(), strict=True):
+        (folder / str(label)).mkdir(exist_ok=True)
+        path.rename(folder / str(label) / path.name)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("scenario", "extra"),
+    [
+        ("singlestream", {}),
+        ("multistream", {}),
+        ("server", {"target_qps": 5.0, "latency_bound_ms": 5000.0}),
+        ("offline", {"samples": 8}),
+    ],
+)
+def test_each_scenario_gives_a_parsed_result(r18: Path, scenario: str, extra: dict) -> None:
+    result = run_scenario(r18, ScenarioOptions(scenario=scenario, **SHORT, **extra))
+    assert result.scenario.lower() == scenario and result.mode == "PerformanceOnly"
+    assert result.samples_per_s > 0 and result.queries >= 1
+    assert 0 < result.min_ms <= result.p50_ms <= result.p99_ms <= result.max_ms
+    assert result.min_duration_ms == 1000 and result.loadgen_version.startswith(("5.", "6."))
+    assert result.valid == (result.invalid_reasons == [])
+    assert result.log_dir is None and result.mean_batch_size >= 1
+    if scenario == "singlestream":
+        assert result.latency_metric_percentile == 90 and result.latency_metric_ms > 0
+        assert result.samples_per_query == 1 and result.mean_batch_size == 1
+    if scenario == "multistream":
+        assert result.latency_metric_percentile == 99 and result.samples_per_query == 8
+        assert result.mean_batch_size == 8  # each query's eight samples run as one batch
+        assert any("662" in reason for reason in result.invalid_reasons)  # early stopping
+    if scenario == "server":
+        assert result.target_qps == 5.0 and result.latency_bound_ms == 5000.0
+    if scenario == "offline":
+        assert result.queries == 1 and result.target_qps > 0  # measured, as it was not given
+        assert any("no --target-qps" in note for note in result.notes)
+
+
+def test_impossible_server_target_is_invalid_and_says_why(r18: Path, tmp_path: Path) -> None:
+    options = ScenarioOptions(
+        scenario="server", target_qps=10000, log_dir=tmp_path / "logs", **SHORT
+    )
+    result = run_scenario(r18, options)
+    assert not result.valid
+    assert result.invalid_reasons[0].startswith("Performance constraints not satisfied (p99")
+    assert any("Too many outstanding queries" in r for r in result.invalid_reasons)
+    assert any("Reduce target QPS" in r for r in result.recommendations)
+    summary = (tmp_path / "logs" / "mlperf_log_summary.txt").read_text()
+    assert "Result is : INVALID" in summary and (tmp_path / "logs/mlperf_log_detail.txt").is_file()
+    assert result.log_dir == tmp_path / "logs"
+
+
+def test_accuracy_from_loadgens_log(r18: Path, labelled: Path, tmp_path: Path) -> None:
+    folder = labelled
+    options = ScenarioOptions(
+        scenario="offline", images=folder, accuracy=True, log_dir=tmp_path / "right"
+    )
+    result = run_scenario(r18, options)
+    assert result.mode == "AccuracyOnly" and result.valid
+    assert result.top1_accuracy == 1.0 and result.accuracy_samples == 5
+    assert (tmp_path / "right" / "mlperf_log_accuracy.json").stat().st_size > 10
+
+    wrong = tmp_path / "wrong.txt"  # a labels file instead of the folders, every label off by one
+    lines = [
+        f"{p.relative_to(folder).as_posix()}\t{(int(p.parent.name) + 1) % 1000}"
+        for p in sorted(folder.rglob("*.png"))
+    ]
+    wrong.write_text("# name\tclass\n" + "\n".join(lines) + "\n")
+    options = ScenarioOptions(scenario="singlestream", images=folder, labels=wrong, accuracy=True)
+    assert run_scenario(r18, options).top1_accuracy == 0.0
+
+
+def test_fixed_batch_model_pads_short_batches(exported) -> None:
+    fixed = exported("resnet18", batch=2).output
+    result = run_scenario(fixed, ScenarioOptions(scenario="singlestream", **SHORT))
+    assert result.max_batch == 2 and result.mean_batch_size == 1 and result.queries >= 4
+    with pytest.raises(InputError, match="fixed batch of 2; use --max-batch 2"):
+        run_scenario(fixed, ScenarioOptions(scenario="offline", max_batch=8, **SHORT))
+
+
+def test_an_inference_error_ends_the_run_instead_of_hanging(r18: Path, monkeypatch) -> None:
+    real = OrtRunner.infer
+
+    def fails_under_loadgen(self, feed):
+        if threading.current_thread().name == "sut-worker":  # not in warm-up or calibration
+            raise RuntimeError("CUDA out of memory")
+        return real(self, feed)
+
+    monkeypatch.setattr(OrtRunner, "infer", fails_under_loadgen)
+    with pytest.raises(ResnetDeployError, match="inference failed during the LoadGen run: Runt"):
+        run_scenario(r18, ScenarioOptions(scenario="singlestream", **SHORT))
+
+
+def test_find_peak_bisects_to_the_highest_valid_target(r18: Path, monkeypatch) -> None:
+    tried = []
+
+    def valid_up_to_10_qps(prepared, options, qps, logs, progress):
+        tried.append(qps)
+        reasons = [] if qps <= 10 else ["Performance constraints not satisfied"]
+        return SimpleNamespace(
+            valid=not reasons, invalid_reasons=reasons, samples_per_s=qps, p99_ms=1.0, notes=[]
+        )
+
+    monkeypatch.setattr(loadgen_module, "_run_test", valid_up_to_10_qps)
+    options = ScenarioOptions(
+        scenario="server", find_peak=True, peak_steps=4, latency_bound_ms=1e4, min_queries=4
+    )
+    result = run_scenario(r18, options)
+    assert len(tried) == 4 and [s.target_qps for s in result.peak_search] == tried
+    assert tried[1] < tried[0] or tried[0] <= 10  # bisection: down after an INVALID step
+    assert result.valid and result.samples_per_s == max(q for q in tried if q <= 10)
+    assert all(s.valid == (s.target_qps <= 10) for s in result.peak_search)
+    assert any("highest VALID target QPS" in note for note in result.notes)
+
+    too_many = replace(options, min_queries=10**6)  # every step would take hours
+    with pytest.raises(ResnetDeployError, match=r"nothing to search: below .* QPS one step"):
+        run_scenario(r18, too_many)
+
+
+def test_summary_parsing_keeps_checks_bullets_and_wrapped_lines() -> None:
+    summary = parse_summary(SERVER_SUMMARY)
+    assert summary.values["Result is"] == "INVALID"
+    assert summary.values["Completed samples per second"] == "56.15"
+    assert summary.values["99.00 percentile latency (ns)"] == "1135102774"
+    assert summary.checks == {
+        "Performance constraints satisfied": False,
+        "Min duration satisfied": True,
+        "Min queries satisfied": True,
+        "Early stopping satisfied": False,
+    }
+    assert summary.recommendations == ["Reduce target QPS to improve latency."]
+    assert summary.early_stopping[-1] == (
+        "Would need to run at least 8446 more queries, with the run being successful if "
+        "every additional query were under latency."
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (ScenarioOptions(scenario="burst"), "unknown scenario 'burst'; use singlestream"),
+        (ScenarioOptions(scenario="server", target_qps=0), "--target-qps must be greater than 0"),
+        (ScenarioOptions(scenario="offline", find_peak=True), "use --scenario server"),
+        (ScenarioOptions(accuracy=True), "--accuracy needs a labelled image folder"),
+        (ScenarioOptions(official=True, min_duration_s=5), "--official sets MLPerf's duration"),
+        (ScenarioOptions(engine=BenchOptions(batch_sizes=(1,))), "belong to the latency loop"),
+        (ScenarioOptions(batch_timeout_ms=-1), "cannot be negative"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(options: ScenarioOptions, message: str) -> None:
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        check_scenario_options(options)
+
+
+def test_earlier_logs_are_kept_without_force(tmp_path: Path) -> None:
+    (tmp_path / "mlperf_log_summary.txt").write_text("earlier run")
+    with pytest.raises(InputError, match="holds LoadGen logs already"):
+        check_scenario_options(ScenarioOptions(log_dir=tmp_path))
+    check_scenario_options(ScenarioOptions(log_dir=tmp_path, force=True))
+
+
+def cli(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_json_record_and_one_line_errors(r18: Path) -> None:
+    args = ["bench", r18, "--scenario", "singlestream", "--min-duration", 1, "--min-queries", 4]
+    result = cli(*args, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["scenario"] == "SingleStream" and record["mode"] == "PerformanceOnly"
+    assert record["p99_ms"] > 0 and isinstance(record["valid"], bool)
+    assert record["metadata"]["arch"] == "resnet18" and record["environment"]["cpu_model"]
+
+    for bad, message in [
+        (["--scenario", "burst"], "Error: unknown scenario 'burst'"),
+        (["--scenario", "server", "--target-qps", "-3"], "Error: --target-qps must be greater"),
+        (["--target-qps", "5"], "Error: --target-qps needs --scenario"),
+    ]:
+        failed = cli("bench", r18, *bad)
+        assert failed.exit_code == 2, failed.output
+        assert failed.output.startswith(message) and failed.output.count("\n") == 1
+
+
+SERVER_SUMMARY = """\
+================================================
+MLPerf Results Summary
+================================================
+SUT name : PySUT
+Scenario : Server
+Mode     : PerformanceOnly
+Completed samples per second    : 56.15
+Result is : INVALID
+  Performance constraints satisfied : NO
+  Min duration satisfied : Yes
+  Min queries satisfied : Yes
+  Early stopping satisfied: NO
+Recommendations:
+ * Reduce target QPS to improve latency.
+Early Stopping Result:
+ * Run unsuccessful.
+ * Processed 65 queries.
+ * Would need to run at least 8446 more queries,
+ with the run being successful if every additional
+ query were under latency.
+
+================================================
+Additional Stats
+================================================
+Scheduled samples per second : 9682.85
+Min latency (ns)                : 21743583
+99.00 percentile latency (ns)   : 1135102774
+
+================================================
+Test Parameters Used
+================================================
+samples_per_query : 1
+target_qps : 10000
+"""
