@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from resnet_deploy import __version__
 from resnet_deploy.errors import ResnetDeployError
 from resnet_deploy.model import ARCHS, VARIANTS
 from resnet_deploy.providers import CUDNN_ALGOS
-from resnet_deploy.report import format_table, write_json
+from resnet_deploy.report import write_json
 
 
 class ToolError(click.ClickException):
@@ -89,24 +90,39 @@ def progress(step: str) -> None:
     click.echo(f"... {step}", err=True)
 
 
+def model_options(command: Callable) -> Callable:
+    """--arch, --variant, --weights, --seed, --image-size: the model a command builds."""
+    options = [
+        click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True),
+        click.option(
+            "--variant", type=click.Choice(VARIANTS), default="torchvision", show_default=True
+        ),
+        click.option(
+            "--weights",
+            default="random",
+            show_default=True,
+            help="'random' (seeded by --seed) or a .pth/.pt/.safetensors state dict.",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seed of random weights."
+        ),
+        click.option("--image-size", type=int, default=224, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
-@click.option("--variant", type=click.Choice(VARIANTS), default="torchvision", show_default=True)
-@click.option(
-    "--weights",
-    default="random",
-    show_default=True,
-    help="'random' (seeded by --seed) or a .pth/.pt/.safetensors state dict.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
+@model_options
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option(
     "--batch",
     default="dynamic",
     show_default=True,
+    callback=lambda ctx, param, value: parse_batch(value),
     help="'dynamic' for a dynamic batch axis, or a fixed batch size.",
 )
-@click.option("--image-size", type=int, default=224, show_default=True)
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option(
     "--exporter",
@@ -129,7 +145,7 @@ def export(
     weights: str,
     seed: int,
     opset: int,
-    batch: str,
+    batch: int | None,
     image_size: int,
     no_simplify: bool,
     exporter: str,
@@ -154,7 +170,7 @@ def export(
         weights=weights,
         seed=seed,
         opset=opset,
-        batch=parse_batch(batch),
+        batch=batch,
         image_size=image_size,
         simplify=not no_simplify,
         exporter=exporter,
@@ -426,7 +442,7 @@ def triton(
       resnet-deploy triton resnet50.onnx --repo repo --tensorrt --fp16 --instances 2
       resnet-deploy triton retrained.onnx --repo repo --name resnet50 --version 2
     """
-    from resnet_deploy.triton import TritonOptions, write_model_repository
+    from resnet_deploy.triton import TritonOptions, format_result, write_model_repository
 
     options = TritonOptions(
         repo=repo,
@@ -444,26 +460,8 @@ def triton(
     )
     result = write_model_repository(model, options)
     emit_json(result, json_out)
-    if json_out == "-":
-        return
-    versions = ", ".join(map(str, result.versions_on_disk))
-    click.echo(f"wrote {result.model_dir}: version {result.version} (on disk: {versions})")
-    click.echo(f"  {result.model_file} ({result.model_bytes / 1e6:.1f} MB)")
-    click.echo(f"  {result.config_file}")
-    if result.labels_file:
-        click.echo(f"  {result.labels_file} (ImageNet's 1000 class names)")
-    click.echo()
-    skip = 1 if result.max_batch_size > 0 else 0
-    rows = [
-        [t.name, role, t.data_type, list(t.shape), list(t.shape[skip:])]
-        for role, tensors in (("input", result.inputs), ("output", result.outputs))
-        for t in tensors
-    ]
-    click.echo(format_table(["tensor", "role", "type", "model shape", "config dims"], rows))
-    click.echo()
-    click.echo(f"max_batch_size {result.max_batch_size}; see {result.config_file} for the rest")
-    for note in result.notes:
-        click.echo(f"note: {note}")
+    if json_out != "-":
+        click.echo(format_result(result))
 
 
 @main.command()
@@ -478,35 +476,12 @@ def doctor(json_out: str | None) -> None:
       resnet-deploy doctor
       resnet-deploy doctor --json doctor.json
     """
-    from resnet_deploy.doctor import diagnose
+    from resnet_deploy.doctor import diagnose, format_report
 
     report = diagnose()
     emit_json(report, json_out)
-    if json_out == "-":
-        return
-    click.echo(f"{report.onnxruntime}, built for CUDA {report.onnxruntime_cuda or '(none)'}")
-    click.echo()
-    rows = [[p.provider, "yes" if p.works else "NO", p.detail] for p in report.providers]
-    click.echo(format_table(["provider", "works", "detail"], rows))
-    click.echo()
-    rows = [
-        [lib.soname, "yes" if lib.found else "NO", lib.path or lib.error, "optional" * lib.optional]
-        for lib in report.libraries
-    ]
-    click.echo(format_table(["library", "found", "path or error", ""], rows))
-    click.echo()
-    click.echo(f"GPUs: {'; '.join(report.gpus) or 'none visible to nvidia-smi'}")
-    torch_cuda = report.torch_cuda or "none (CPU build)"
-    click.echo(f"torch CUDA: {torch_cuda}, available: {report.torch_cuda_available}")
-    click.echo()
-    click.echo(format_table(["package", "version"], list(report.packages.items())))
-    click.echo()
-    if report.cuda_works:
-        click.echo("CUDA works: CUDAExecutionProvider ran the probe model.")
-    else:
-        click.echo("CUDA does NOT work here:")
-    for problem in report.problems:
-        click.echo(f"  - {problem}")
+    if json_out != "-":
+        click.echo(format_report(report))
 
 
 @main.command("verify")
@@ -597,11 +572,7 @@ def predict_command(
 
 
 @main.command("run")
-@click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
-@click.option("--variant", type=click.Choice(VARIANTS), default="torchvision", show_default=True)
-@click.option("--weights", default="random", show_default=True, help="'random' or a state dict.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
-@click.option("--image-size", type=int, default=224, show_default=True)
+@model_options
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
 @click.option(
     "--batch-sizes",

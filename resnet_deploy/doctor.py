@@ -25,6 +25,7 @@ from onnxruntime.capi import build_and_package_info
 from resnet_deploy.environment import gpus, package_versions
 from resnet_deploy.errors import ResnetDeployError
 from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.report import format_table
 
 DRIVER_LIBRARY = "libcuda.so.1"  # the CUDA provider links it; it comes with the NVIDIA driver
 PROBE_INPUT = np.array([-1.0, 2.0], dtype=np.float32)
@@ -151,3 +152,32 @@ def _loaded_path(soname: str) -> str:
         if len(fields) == 6 and Path(fields[5]).name.startswith(soname):
             return fields[5]
     return ""
+
+
+def format_report(report: DoctorReport) -> str:
+    """The report for people: providers, libraries, GPUs, versions, then what fails."""
+    lines = []
+    lines.append(f"{report.onnxruntime}, built for CUDA {report.onnxruntime_cuda or '(none)'}")
+    lines.append("")
+    rows = [[p.provider, "yes" if p.works else "NO", p.detail] for p in report.providers]
+    lines.append(format_table(["provider", "works", "detail"], rows))
+    lines.append("")
+    rows = [
+        [lib.soname, "yes" if lib.found else "NO", lib.path or lib.error, "optional" * lib.optional]
+        for lib in report.libraries
+    ]
+    lines.append(format_table(["library", "found", "path or error", ""], rows))
+    lines.append("")
+    lines.append(f"GPUs: {'; '.join(report.gpus) or 'none visible to nvidia-smi'}")
+    torch_cuda = report.torch_cuda or "none (CPU build)"
+    lines.append(f"torch CUDA: {torch_cuda}, available: {report.torch_cuda_available}")
+    lines.append("")
+    lines.append(format_table(["package", "version"], list(report.packages.items())))
+    lines.append("")
+    if report.cuda_works:
+        lines.append("CUDA works: CUDAExecutionProvider ran the probe model.")
+    else:
+        lines.append("CUDA does NOT work here:")
+    for problem in report.problems:
+        lines.append(f"  - {problem}")
+    return "\n".join(lines)

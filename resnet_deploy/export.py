@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from resnet_deploy.files import atomic_output, check_output_path
 from resnet_deploy.metadata import ModelMetadata, write_metadata
 from resnet_deploy.model import ARCHS, SEED_IMAGE_SIZE, VARIANTS, BuiltModel, build_model
 from resnet_deploy.report import format_table
+from resnet_deploy.steps import Steps
 from resnet_deploy.weights import RANDOM
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -96,14 +95,7 @@ def export_model(
 ) -> ExportResult:
     """Build, export, simplify, check and write; ``progress`` hears each step's name."""
     check_options(options)
-    seconds: dict[str, float] = {}
-
-    @contextmanager
-    def timed(name: str) -> Iterator[None]:
-        progress(name)
-        started = time.perf_counter()
-        yield
-        seconds[name] = time.perf_counter() - started
+    timed = Steps(progress)
 
     with timed("build model"):
         built = build_model(options.arch, options.variant, options.weights, options.seed)
@@ -134,7 +126,7 @@ def export_model(
     return ExportResult(
         output=options.output,
         metadata=metadata,
-        step_seconds=seconds,
+        step_seconds=timed.seconds,
         ops_exported=ops_exported,
         ops_final=count_ops(proto),
         parameters=sum(p.numel() for p in built.model.parameters()),

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stdout
+from collections.abc import Callable
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from resnet_deploy.errors import InputError, NumericsError
 from resnet_deploy.files import atomic_output, check_output_path
 from resnet_deploy.metadata import ModelMetadata, write_metadata
 from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.steps import Steps
 from resnet_deploy.verify import VerifyOptions, VerifyReport, format_report, verify
 
 PRECISIONS = ("fp16", "int8")
@@ -89,14 +89,7 @@ def optimize_model(
     if metadata.precision != "fp32":
         raise InputError(f"{source}: is already {metadata.precision}; optimize an fp32 export")
     calibration = calibration_inputs(options, metadata) if options.precision == "int8" else None
-    seconds: dict[str, float] = {}
-
-    @contextmanager
-    def timed(name: str) -> Iterator[None]:
-        progress(name)
-        started = time.perf_counter()
-        yield
-        seconds[name] = time.perf_counter() - started
+    timed = Steps(progress)
 
     excluded = resolve_exclusions(model, options.exclude)
     if options.precision == "fp16":
@@ -118,7 +111,7 @@ def optimize_model(
         source=source,
         output=None,
         metadata=new_metadata,
-        step_seconds=seconds,
+        step_seconds=timed.seconds,
         ops=dict(Counter(n.op_type for n in converted.graph.node).most_common()),
         excluded_nodes=sorted(excluded),
     )

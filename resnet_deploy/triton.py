@@ -33,6 +33,7 @@ from resnet_deploy.files import write_text_atomic
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.metadata import read_metadata
 from resnet_deploy.onnxfile import load_onnx
+from resnet_deploy.report import format_table
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
@@ -459,3 +460,27 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+def format_result(result: TritonResult) -> str:
+    """The summary for people: the files written and how each tensor is configured."""
+    lines = []
+    versions = ", ".join(map(str, result.versions_on_disk))
+    lines.append(f"wrote {result.model_dir}: version {result.version} (on disk: {versions})")
+    lines.append(f"  {result.model_file} ({result.model_bytes / 1e6:.1f} MB)")
+    lines.append(f"  {result.config_file}")
+    if result.labels_file:
+        lines.append(f"  {result.labels_file} (ImageNet's 1000 class names)")
+    lines.append("")
+    skip = 1 if result.max_batch_size > 0 else 0
+    rows = [
+        [t.name, role, t.data_type, list(t.shape), list(t.shape[skip:])]
+        for role, tensors in (("input", result.inputs), ("output", result.outputs))
+        for t in tensors
+    ]
+    lines.append(format_table(["tensor", "role", "type", "model shape", "config dims"], rows))
+    lines.append("")
+    lines.append(f"max_batch_size {result.max_batch_size}; see {result.config_file} for the rest")
+    for note in result.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
