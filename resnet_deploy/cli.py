@@ -25,7 +25,7 @@ class ToolError(click.ClickException):
 
 
 class Group(click.Group):
-    """Turns library errors and Ctrl-C into clean exits; ``--debug`` shows the traceback."""
+    """Turns library and OS errors and Ctrl-C into clean exits; ``--debug`` shows tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -34,6 +34,11 @@ class Group(click.Group):
             if ctx.meta.get("debug"):
                 raise
             raise ToolError(exc) from None
+        except OSError as exc:  # a file the library did not expect to be unreadable
+            if ctx.meta.get("debug"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise ToolError(ResnetDeployError(f"{where}{exc.strerror or exc}")) from None
         except KeyboardInterrupt:
             if ctx.meta.get("debug"):
                 raise

@@ -13,6 +13,10 @@ class InputError(ResnetDeployError):
     """A file, flag or value the user gave cannot be used."""
 
 
+class OutputError(ResnetDeployError):
+    """An output could not be written (a full disk, no permission); nothing was left behind."""
+
+
 class CheckpointError(InputError):
     """A weights file cannot be loaded safely or does not fit the model."""
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from resnet_deploy.errors import InputError
+from resnet_deploy.errors import InputError, OutputError
 
 
 def check_output_path(path: Path, *, force: bool, inputs: Iterable[Path] = ()) -> Path:
@@ -34,13 +34,21 @@ def atomic_output(path: Path) -> Iterator[Path]:
     Ctrl-C included, it is removed and ``path`` keeps whatever it held before.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; a user's output gets the usual mode
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a vanished folder
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"{path}: writing failed, nothing written ({exc.strerror or exc})"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -60,3 +61,21 @@ def test_debug_shows_the_traceback(files) -> None:
     result = CliRunner().invoke(main, ["--debug", "verify", str(files["text"])])
     assert result.exit_code != 0
     assert result.exc_info is not None and "truncated or not an ONNX" in str(result.exception)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_file(files, tmp_path: Path, monkeypatch) -> None:
+    def full_disk(proto, path):
+        Path(path).write_bytes(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    output = tmp_path / "m.onnx"
+    output.write_bytes(b"the user's file")
+    monkeypatch.setattr(onnx, "save", full_disk)
+    args = ["export", "--arch", "resnet18", "-o", str(output), "--force"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {output}: writing failed, nothing written (No space left on device)"
+    )
+    assert output.read_bytes() == b"the user's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import resnet_deploy.export as export_module
-from resnet_deploy.errors import InputError
+from resnet_deploy.errors import InputError, OutputError
 from resnet_deploy.export import ExportOptions, export_model
 from resnet_deploy.metadata import read_metadata
 from resnet_deploy.model import build_model
@@ -104,9 +104,15 @@ def test_existing_output_is_refused_before_any_work(tmp_path: Path, monkeypatch)
     assert output.read_bytes() == b"the user's file"
 
 
-@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+@pytest.mark.parametrize(
+    ("failure", "raised"),
+    [
+        (KeyboardInterrupt(), KeyboardInterrupt),
+        (OSError(28, "No space left on device"), OutputError),
+    ],
+)
 def test_failure_while_writing_leaves_the_old_file_and_no_temp(
-    tmp_path: Path, monkeypatch, failure: BaseException
+    tmp_path: Path, monkeypatch, failure: BaseException, raised: type
 ) -> None:
     output = tmp_path / "model.onnx"
     output.write_bytes(b"the user's file")
@@ -116,7 +122,7 @@ def test_failure_while_writing_leaves_the_old_file_and_no_temp(
         raise failure
 
     monkeypatch.setattr(export_module.onnx, "save", failing_save)
-    with pytest.raises(type(failure)):
+    with pytest.raises(raised):
         export_model(ExportOptions(output=output, arch="resnet18", force=True))
     assert output.read_bytes() == b"the user's file"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from resnet_deploy.bench import BenchOptions, bench
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError, NumericsError
 from resnet_deploy.metadata import read_metadata
@@ -44,6 +45,11 @@ def test_int8_is_quantized_guarded_and_labelled(source: Path) -> None:
     assert scales, "no per-channel weight scales"
     x = np.random.default_rng(5).standard_normal((2, 3, 224, 224), dtype=np.float32)
     assert run_model(result.output, x).shape == (2, 1000)
+    # bench takes the file as it is, and labels the numbers with its precision.
+    options = BenchOptions(batch_sizes=(2,), warmup_runs=1, iterations=3, baseline="none")
+    timing = bench(result.output, options)
+    assert timing.metadata.precision == "int8"
+    assert timing.batches[0].error is None and timing.batches[0].runs == 3
 
 
 def test_fp16_keeps_float32_io(source: Path) -> None:
