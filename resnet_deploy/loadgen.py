@@ -20,7 +20,6 @@ LoadGen's errors come from ``mlperf_log_detail.txt``; top-1 accuracy from its
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tempfile
@@ -49,6 +48,13 @@ from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.images import list_images, load_image
 from resnet_deploy.labels import NUM_IMAGENET_CLASSES
 from resnet_deploy.metadata import ModelMetadata
+from resnet_deploy.mlperf_logs import (
+    Summary,
+    parse_detail,
+    parse_number,
+    parse_summary,
+    read_accuracy_log,
+)
 from resnet_deploy.onnxfile import load_with_metadata
 from resnet_deploy.providers import SPINNING, SessionConfig, create_session
 from resnet_deploy.report import format_table
@@ -169,75 +175,6 @@ class ScenarioResult:
     log_dir: Path | None = None
     loadgen_version: str = ""
     environment: Environment | None = None
-
-
-@dataclass
-class Summary:
-    """``mlperf_log_summary.txt``: its "key : value" lines, Yes/NO checks and bullet lists."""
-
-    values: dict[str, str] = field(default_factory=dict)
-    checks: dict[str, bool] = field(default_factory=dict)  # "Min duration satisfied": True
-    recommendations: list[str] = field(default_factory=list)
-    early_stopping: list[str] = field(default_factory=list)
-
-
-def parse_summary(text: str) -> Summary:
-    summary = Summary()
-    section: list[str] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or set(line) == {"="}:
-            section = None
-            continue
-        if line == "Recommendations:":
-            section = summary.recommendations
-        elif line == "Early Stopping Result:":
-            section = summary.early_stopping
-        elif section is not None and line.startswith("* "):
-            section.append(line[2:])
-        elif section is not None and raw.startswith(" ") and section:
-            section[-1] += " " + line  # a bullet LoadGen wrapped onto several lines
-        else:
-            section = None
-            key, sep, value = line.partition(":")
-            if not sep:
-                continue
-            key, value = key.strip(), value.strip()
-            if key.endswith("satisfied") and value in ("Yes", "NO"):
-                summary.checks[key] = value == "Yes"
-            else:
-                summary.values.setdefault(key, value)
-    return summary
-
-
-def parse_detail(text: str) -> dict[str, Any]:
-    """``mlperf_log_detail.txt``'s MLLOG records: the last value of each key, errors, warnings."""
-    values: dict[str, Any] = {}
-    errors: list[str] = []
-    warnings: list[str] = []
-    for line in text.splitlines():
-        if not line.startswith(":::MLLOG "):
-            continue
-        try:
-            record = json.loads(line[len(":::MLLOG ") :])
-        except json.JSONDecodeError:
-            continue
-        values[record.get("key")] = record.get("value")
-        meta = record.get("metadata", {})
-        if meta.get("is_error"):
-            errors.append(str(record.get("value")))
-        elif meta.get("is_warning"):
-            warnings.append(str(record.get("value")))
-    return {"values": values, "errors": errors, "warnings": warnings}
-
-
-def read_accuracy_log(path: Path) -> dict[int, int]:
-    """``mlperf_log_accuracy.json``: the top-1 class LoadGen logged for each sample index."""
-    entries = json.loads(Path(path).read_text() or "[]")
-    return {
-        int(e["qsl_idx"]): int(np.frombuffer(bytes.fromhex(e["data"]), np.int32)[0])
-        for e in entries
-    }
 
 
 def read_labels(images: list[Path], folder: Path, labels: Path | None, classes: int) -> list[int]:
@@ -759,16 +696,16 @@ def _read_result(
     detail = parse_detail(detail_file.read_text() if detail_file.is_file() else "")
     values = summary.values
     scenario = prepared.scenario
-    samples_per_query = _number(values.get("samples_per_query"), int)
-    mean_ns = _number(values.get("Mean latency (ns)"))
-    samples_per_s = _number(
+    samples_per_query = parse_number(values.get("samples_per_query"), int)
+    mean_ns = parse_number(values.get("Mean latency (ns)"))
+    samples_per_s = parse_number(
         values.get("Completed samples per second") or values.get("Samples per second")
     )
     if samples_per_s is None and mean_ns and samples_per_query:
         samples_per_s = samples_per_query * 1e9 / mean_ns
     headline = next(
         (
-            (float(m[1]), _number(value))
+            (float(m[1]), parse_number(value))
             for key, value in values.items()
             if (m := re.fullmatch(r"([\d.]+)th percentile latency \(ns\)", key))
         ),
@@ -776,13 +713,13 @@ def _read_result(
     )
     estimate = next(
         (
-            _number(m[1])
+            parse_number(m[1])
             for line in summary.early_stopping
             if (m := re.search(r"percentile estimate: (\d+)", line))
         ),
         None,
     )
-    bound_ns = _number(values.get("target_latency (ns)"))
+    bound_ns = parse_number(values.get("target_latency (ns)"))
     result = ScenarioResult(
         model=prepared.path,
         model_sha256=sha256_of(prepared.path),
@@ -804,11 +741,11 @@ def _read_result(
         latency_bound_ms=bound_ns / 1e6 if scenario == "Server" and bound_ns else None,
         samples_per_query=samples_per_query,
         queries=detail["values"].get("result_query_count"),
-        min_ms=_ms(_number(values.get("Min latency (ns)"))),
+        min_ms=_ms(parse_number(values.get("Min latency (ns)"))),
         mean_ms=_ms(mean_ns),
-        max_ms=_ms(_number(values.get("Max latency (ns)"))),
-        min_duration_ms=_number(values.get("min_duration (ms)"), int),
-        min_query_count=_number(values.get("min_query_count"), int),
+        max_ms=_ms(parse_number(values.get("Max latency (ns)"))),
+        min_duration_ms=parse_number(values.get("min_duration (ms)"), int),
+        min_query_count=parse_number(values.get("min_query_count"), int),
         max_batch=prepared.max_batch,
         batch_timeout_ms=prepared.timeout_s * 1e3,
         mean_batch_size=sut.samples / sut.batches if sut.batches else None,
@@ -822,20 +759,15 @@ def _read_result(
         environment=describe_environment(),
     )
     for percentile, name in PERCENTILE_FIELDS.items():
-        setattr(result, name, _ms(_number(values.get(f"{percentile} percentile latency (ns)"))))
+        setattr(
+            result, name, _ms(parse_number(values.get(f"{percentile} percentile latency (ns)")))
+        )
     result.invalid_reasons = _invalid_reasons(result, summary)
     if options.official and prepared.metadata.arch != MLPERF_MODEL:
         result.notes.append(
             f"--official applies MLPerf's {MLPERF_MODEL} settings to this {prepared.metadata.arch}"
         )
     return result
-
-
-def _number(text: str | None, kind: type = float) -> Any:
-    try:
-        return kind(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def _ms(ns: float | None) -> float | None:

@@ -22,12 +22,8 @@ from resnet_deploy.bench import BenchOptions
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.images import load_batch
-from resnet_deploy.loadgen import (
-    ScenarioOptions,
-    check_scenario_options,
-    parse_summary,
-    run_scenario,
-)
+from resnet_deploy.loadgen import ScenarioOptions, check_scenario_options, run_scenario
+from resnet_deploy.mlperf_logs import parse_summary
 from resnet_deploy.providers import SessionConfig, create_session
 from resnet_deploy.runners import OrtRunner
 
