@@ -128,6 +128,11 @@ def model_options(command: Callable) -> Callable:
     callback=lambda ctx, param, value: parse_batch(value),
     help="'dynamic' for a dynamic batch axis, or a fixed batch size.",
 )
+@click.option(
+    "--dynamic-size",
+    is_flag=True,
+    help="Dynamic height and width too (torchvision variant; --image-size is the example).",
+)
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option(
     "--exporter",
@@ -152,6 +157,7 @@ def export(
     opset: int,
     batch: int | None,
     image_size: int,
+    dynamic_size: bool,
     no_simplify: bool,
     exporter: str,
     output: Path | None,
@@ -165,6 +171,7 @@ def export(
       resnet-deploy export -o resnet50.onnx
       resnet-deploy export --variant seed --weights tutorial.pth -o seed.onnx
       resnet-deploy export --arch resnet18 --batch 8 --json
+      resnet-deploy export --dynamic-size -o any-size.onnx
     """
     from resnet_deploy.export import ExportOptions, export_model, format_result
 
@@ -177,6 +184,7 @@ def export(
         opset=opset,
         batch=batch,
         image_size=image_size,
+        dynamic_size=dynamic_size,
         simplify=not no_simplify,
         exporter=exporter,
         force=force,

@@ -40,7 +40,8 @@ class ExportOptions:
     seed: int = 0
     opset: int = DEFAULT_OPSET
     batch: int | None = None  # None: a dynamic batch axis
-    image_size: int = 224
+    image_size: int = 224  # the example's size; the only size unless dynamic_size
+    dynamic_size: bool = False  # dynamic height and width (the torchvision variant only)
     simplify: bool = True
     exporter: str = "dynamo"
     force: bool = False
@@ -72,6 +73,11 @@ def check_options(options: ExportOptions) -> None:
         raise InputError(
             f"the seed variant ends in AvgPool2d(7) and only takes {SEED_IMAGE_SIZE}x"
             f"{SEED_IMAGE_SIZE} inputs, got --image-size {options.image_size}"
+        )
+    if options.variant == "seed" and options.dynamic_size:
+        raise InputError(
+            f"the seed variant ends in AvgPool2d(7) and only takes {SEED_IMAGE_SIZE}x"
+            f"{SEED_IMAGE_SIZE} inputs: it cannot have a dynamic size"
         )
     if options.image_size < MIN_IMAGE_SIZE:
         raise InputError(f"image size must be at least {MIN_IMAGE_SIZE}, got {options.image_size}")
@@ -145,32 +151,30 @@ def to_onnx(built: BuiltModel, options: ExportOptions) -> onnx.ModelProto:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.inference_mode(False):
         warnings.simplefilter("ignore")
+        axes = dynamic_axes(options)
         if options.exporter == "dynamo":
-            dynamic = None
-            if options.batch is None:
-                dynamic = {"x": {0: torch.export.Dim("batch", min=1)}}
+            minimum = {"batch": 1, "height": MIN_IMAGE_SIZE, "width": MIN_IMAGE_SIZE}
+            dims = {i: torch.export.Dim(name, min=minimum[name]) for i, name in axes.items()}
             program = torch.onnx.export(
                 built.model,
                 (example,),
                 dynamo=True,
                 opset_version=options.opset,
-                dynamic_shapes=dynamic,
+                dynamic_shapes={"x": dims} if dims else None,
                 verbose=False,
                 **names,
             )
             proto = program.model_proto
         else:
             buffer = io.BytesIO()
-            axes = None
-            if options.batch is None:
-                axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+            output_axes = {0: "batch"} if 0 in axes else {}
             torch.onnx.export(
                 built.model,
                 (example,),
                 buffer,
                 dynamo=False,
                 opset_version=options.opset,
-                dynamic_axes=axes,
+                dynamic_axes={"input": axes, "logits": output_axes} if axes else None,
                 **names,
             )
             proto = onnx.load_from_string(buffer.getvalue())
@@ -178,6 +182,14 @@ def to_onnx(built: BuiltModel, options: ExportOptions) -> onnx.ModelProto:
     if opset != options.opset:
         raise ResnetDeployError(f"asked for opset {options.opset}, the exporter wrote {opset}")
     return proto
+
+
+def dynamic_axes(options: ExportOptions) -> dict[int, str]:
+    """The input's dynamic axes by index: the batch unless fixed, height and width on request."""
+    axes = {} if options.batch is not None else {0: "batch"}
+    if options.dynamic_size:
+        axes |= {2: "height", 3: "width"}
+    return axes
 
 
 def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -160,3 +160,25 @@ def test_onnxruntime_sees_the_declared_io(exported) -> None:
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, inp.shape[1:]) == ("input", "tensor(float)", [3, 224, 224])
     assert (out.name, out.shape[1:]) == ("logits", [1000])
+
+
+def test_dynamic_size_takes_any_image_size(exported) -> None:
+    result = exported("resnet18", "torchvision", dynamic_size=True)
+    proto = onnx.load(str(result.output))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+    assert set(result.ops_final) == {"Conv", "Relu", "Add", "MaxPool", "ReduceMean"} | {
+        "Reshape",
+        "Gemm",
+    }
+    eager = build_model("resnet18").model
+    for size in (224, 97):
+        x = images(2, size=size)
+        with torch.inference_mode():
+            expected = eager(x).numpy()
+        np.testing.assert_allclose(run_onnx(result.output, x), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_the_seed_variant_cannot_have_a_dynamic_size() -> None:
+    with pytest.raises(InputError, match="cannot have a dynamic size"):
+        export_model(ExportOptions(arch="resnet18", variant="seed", dynamic_size=True))
