@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_deploy.errors import InputError, ProviderError
 from resnet_deploy.onnxfile import load_onnx
@@ -62,6 +63,18 @@ class SessionConfig:
     session_config_entries: dict[str, str] = field(default_factory=dict)  # e.g. SPINNING
 
 
+# What ONNX Runtime raises for a model it cannot load; its own classes derive from Exception.
+LOAD_ERRORS = (
+    RuntimeError,
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
+
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -91,7 +104,7 @@ def create_session(model: Path | bytes, config: SessionConfig) -> ort.InferenceS
     with captured_stderr() as log, redirect_stdout(io.StringIO()) as printed:
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=providers)
-        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+        except LOAD_ERRORS as exc:
             raise InputError(load_failure(model, str(exc))) from None
     text = printed.getvalue() + log.text
     if session.get_providers()[0] != provider:

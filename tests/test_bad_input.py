@@ -167,3 +167,12 @@ def test_opset_newer_than_the_runtime(tmp_path: Path) -> None:
     onnx.save(tiny_model(opset=99), path)
     with pytest.raises(InputError, match=r"opset 99 is newer than onnxruntime [\d.]+ supports"):
         create_session(path, SessionConfig())
+
+
+def test_a_graph_onnx_runtime_cannot_build_is_one_clean_error(tmp_path: Path) -> None:
+    model = tiny_model()
+    model.graph.node[0].op_type = "NoSuchOp"
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, path)
+    with pytest.raises(InputError, match=r"odd.onnx: ONNX Runtime cannot load it: .*NoSuchOp"):
+        create_session(path, SessionConfig())
