@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet_deploy.environment import Environment, describe_environment
+from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output
 from resnet_deploy.metadata import ModelMetadata
@@ -157,15 +157,9 @@ def bench(
     _, metadata = load_with_metadata(model_path)
     batch_sizes = _batch_sizes(options.batch_sizes, metadata, model_path)
     environment = describe_environment()
-    threads = options.threads or environment.physical_cores
+    config = session_config(provider, options)
+    threads = config.intra_op_threads
     on_gpu = provider in (CUDA, TENSORRT)
-    config = SessionConfig(
-        provider=provider,
-        provider_options=provider_options_for(provider, options),
-        intra_op_threads=threads,
-        graph_optimization="all",
-        session_config_entries={SPINNING: "1" if options.spin else "0"},
-    )
     report = BenchReport(
         model=model_path,
         model_sha256=sha256_of(model_path),
@@ -215,8 +209,19 @@ def _batch_sizes(
     return (fixed,)
 
 
-def provider_options_for(provider: str, options: BenchOptions) -> dict[str, str]:
-    """The provider options a bench with ``options`` asks ONNX Runtime for."""
+def session_config(provider: str, options: BenchOptions) -> SessionConfig:
+    """The session a bench with ``options`` runs: every graph optimization, the spinning and
+    provider options asked for, and as many threads as physical cores unless told."""
+    return SessionConfig(
+        provider=provider,
+        provider_options=_provider_options(provider, options),
+        intra_op_threads=options.threads or physical_cores(),
+        graph_optimization="all",
+        session_config_entries={SPINNING: "1" if options.spin else "0"},
+    )
+
+
+def _provider_options(provider: str, options: BenchOptions) -> dict[str, str]:
     if provider == CUDA:
         return cuda_provider_options(
             cudnn_algo=options.cudnn_algo,

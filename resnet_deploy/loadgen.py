@@ -39,7 +39,7 @@ from resnet_deploy.bench import (
     TENSORRT,
     BenchOptions,
     check_options,
-    provider_options_for,
+    session_config,
     summarize,
     time_runs,
 )
@@ -56,7 +56,7 @@ from resnet_deploy.mlperf_logs import (
     read_accuracy_log,
 )
 from resnet_deploy.onnxfile import load_with_metadata
-from resnet_deploy.providers import SPINNING, SessionConfig, create_session
+from resnet_deploy.providers import create_session
 from resnet_deploy.report import format_table
 from resnet_deploy.runners import OrtRunner, input_dtype
 from resnet_deploy.weights import sha256_of
@@ -477,13 +477,8 @@ def _prepare(
         )
     engine = options.engine
     provider = check_options(engine)
-    threads = engine.threads or describe_environment().physical_cores
-    config = SessionConfig(
-        provider=provider,
-        provider_options=provider_options_for(provider, engine),
-        intra_op_threads=threads,
-        session_config_entries={SPINNING: "1" if engine.spin else "0"},
-    )
+    config = session_config(provider, engine)
+    threads = config.intra_op_threads
     progress(f"creating the {provider} session")
     session = create_session(path, config)
     dtype = input_dtype(session)
