@@ -220,8 +220,8 @@ def main() -> None:
     stem = args.output_dir / f"{when}-{'gpu' if env.gpus else 'cpu'}"
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {"date": when, "note": args.note, "rows": rows, "notes": notes, "runs": measured}
-    write_text_atomic(stem.with_suffix(".md"), text)
-    write_text_atomic(stem.with_suffix(".json"), to_json(record))
+    write_text_atomic(stem.with_suffix(".md"), text, replace=True)
+    write_text_atomic(stem.with_suffix(".json"), to_json(record), replace=True)
     print(text)
     print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
 

@@ -358,7 +358,7 @@ def _warnings(result: BatchResult) -> list[str]:
     return notes
 
 
-def write_plot(report: BenchReport, path: Path) -> None:
+def write_plot(report: BenchReport, path: Path, *, replace: bool = False) -> None:
     """Latency percentiles and throughput against batch size, one PNG, written atomically."""
     from matplotlib.figure import Figure  # heavy; only when a plot is asked for
 
@@ -388,7 +388,7 @@ def write_plot(report: BenchReport, path: Path) -> None:
         f"{report.provider}, {report.threads} threads, {report.environment.cpu_model}",
         fontsize=10,
     )
-    with atomic_output(path) as tmp:
+    with atomic_output(path, replace=replace) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
 

@@ -1,19 +1,38 @@
-"""The ``resnet-deploy`` command: parse, call one library function, print."""
+"""The ``resnet-deploy`` command: parse, call one library function, print.
+
+Shared option definitions live here once (``--provider``, ``--batch-sizes``, ``--force``,
+``--json``, ``--threads``) and every number is parsed by a type that refuses NaN, infinity and
+out-of-range values, so no command can forget a check. ``writes`` checks every output of a
+command against its inputs and each other before the command does any work.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from resnet_deploy import __version__
-from resnet_deploy.errors import ResnetDeployError
-from resnet_deploy.model import ARCHS, VARIANTS
+from resnet_deploy.errors import ResnetDeployError, Terminated
+from resnet_deploy.files import STDOUT, check_outputs
+from resnet_deploy.metadata import ARCHS, MAX_BATCH, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, VARIANTS
 from resnet_deploy.providers import CUDNN_ALGOS
 from resnet_deploy.report import write_json
+
+EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # past this, threads only contend (and ORT can crash)
+MAX_SEED = 2**63 - 1
+# LoadGen schedules every query of a run up front; past this rate no machine keeps up, and the
+# schedule alone outgrows memory (the library checks the query count against memory as well).
+MAX_TARGET_QPS = 1_000_000
 
 
 class ToolError(click.ClickException):
@@ -24,26 +43,45 @@ class ToolError(click.ClickException):
         self.exit_code = error.exit_code
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 class Group(click.Group):
-    """Turns library and OS errors and Ctrl-C into clean exits; ``--debug`` shows tracebacks."""
+    """Turns library and OS errors, Ctrl-C and SIGTERM into clean exits; ``--debug`` shows
+    tracebacks. SIGTERM raises where the program is, like Ctrl-C, so every ``finally`` and
+    context manager removes its temporary files on the way out."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return super().invoke(ctx)
         except ResnetDeployError as exc:
             if ctx.meta.get("debug"):
                 raise
             raise ToolError(exc) from None
+        except MemoryError:
+            if ctx.meta.get("debug"):
+                raise
+            raise ToolError(
+                ResnetDeployError("out of memory: try a smaller batch size or image size")
+            ) from None
         except OSError as exc:  # a file the library did not expect to be unreadable
             if ctx.meta.get("debug"):
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
             raise ToolError(ResnetDeployError(f"{where}{exc.strerror or exc}")) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.meta.get("debug"):
                 raise
-            click.echo("\nInterrupted; nothing was written.", err=True)
-            sys.exit(130)
+            terminated = isinstance(exc, Terminated)
+            click.echo(
+                f"\n{'Terminated' if terminated else 'Interrupted'}; nothing was written.",
+                err=True,
+            )
+            sys.exit(EXIT_SIGTERM if terminated else EXIT_SIGINT)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,67 +98,192 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.meta["debug"] = debug
 
 
+class Number(click.ParamType):
+    """A finite int or float within bounds: NaN and infinity are refused at parse time."""
+
+    def __init__(
+        self,
+        kind: type = float,
+        low: float | None = None,
+        high: float | None = None,
+        *,
+        low_open: bool = False,
+    ) -> None:
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+        self.name = "integer" if kind is int else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except (ValueError, OverflowError):
+                self.fail(f"{value!r} is not a {'whole number' if self.kind is int else 'number'}")
+        if self.kind is float and not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number")
+        if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
+            bound = "above" if self.low_open else "at least"
+            self.fail(f"must be {bound} {self.low:g}, got {value}")
+        if self.high is not None and number > self.high:
+            self.fail(f"must be at most {self.high:g}, got {value}")
+        return number
+
+
+POSITIVE = Number(float, 0, low_open=True)
+NON_NEGATIVE = Number(float, 0)
+COUNT = Number(int, 1, 2**31 - 1)  # runs, samples, queries: at least one
+SEED = Number(int, 0, MAX_SEED)
+IMAGE_SIZE = Number(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+
+
+class IntList(click.ParamType):
+    """``1,8,32``: whole numbers separated by commas, each within bounds."""
+
+    name = "N,N,..."
+
+    def __init__(self, low: int = 1, high: int = MAX_BATCH) -> None:
+        self.item = Number(int, low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        if not all(parts):
+            self.fail(f"expected whole numbers separated by commas, such as 1,8,32, got {value!r}")
+        return tuple(self.item.convert(part, param, ctx) for part in parts)
+
+
+BATCH_SIZES = IntList()
+
+
+def options(*decorators: Callable) -> Callable:
+    """Apply several click decorators as one, in the order they are listed."""
+
+    def apply(command: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
 def json_option(help_text: str = "Write the result as one JSON record to FILE (- for stdout)."):
     return click.option(
         "--json",
         "json_out",
         is_flag=False,
-        flag_value="-",
+        flag_value=STDOUT,
         default=None,
         metavar="[FILE]",
         help=help_text,
     )
 
 
-def parse_batch(value: str) -> int | None:
-    if value == "dynamic":
-        return None
-    try:
-        batch = int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected 'dynamic' or a whole number, got {value!r}") from None
-    if batch < 1:
-        raise click.BadParameter(f"batch size must be at least 1, got {batch}")
-    return batch
+def force_option(help_text: str = "Overwrite existing output files.") -> Callable:
+    return click.option("--force", is_flag=True, help=help_text)
 
 
-def emit_json(record: Any, destination: str | None) -> None:
+def provider_option(command: Callable) -> Callable:
+    return click.option(
+        "--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt."
+    )(command)
+
+
+def batch_sizes_option(help_text: str, default: str | None = None) -> Callable:
+    return click.option(
+        "--batch-sizes",
+        type=BATCH_SIZES,
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
+def threads_option(help_text: str) -> Callable:
+    return click.option("--threads", type=Number(int, 1, MAX_THREADS), help=help_text)
+
+
+def writes(
+    files: Iterable[str] = (),
+    *,
+    folders: Iterable[str] = (),
+    inputs: Iterable[str] = (),
+    defaults: dict[str, Callable[[dict[str, Any]], Any]] | None = None,
+) -> Callable:
+    """Check the named output parameters against the named inputs and each other, before the
+    command runs: an input is never overwritten, even with --force (see files.check_outputs).
+    ``defaults`` fills an output the user left out (``ARCH.onnx``) so that it is checked too."""
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def checked(**kwargs: Any) -> Any:
+            for name, default in (defaults or {}).items():
+                if kwargs.get(name) is None:
+                    kwargs[name] = default(kwargs)
+
+            def values(names: Iterable[str]) -> list[Any]:
+                found = []
+                for name in names:
+                    value = kwargs.get(name)
+                    found += list(value) if isinstance(value, (tuple, list)) else [value]
+                return found
+
+            sources = [v for v in values(inputs) if v is not None and os.path.lexists(str(v))]
+            check_outputs(
+                values(files),
+                folders=values(folders),
+                inputs=sources,
+                force=kwargs.get("force", False),
+            )
+            return command(**kwargs)
+
+        return checked
+
+    return decorate
+
+
+def emit_json(record: Any, destination: str | None, *, force: bool = False) -> None:
+    """The record to stdout (``-``) or to a file already checked by ``writes``."""
     if destination is not None:
-        text = write_json(record, destination)
+        text = write_json(record, destination, replace=force)
         if text is not None:
             click.echo(text, nl=False)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """Only the options the user gave: the rest take the library's own defaults."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def progress(step: str) -> None:
     click.echo(f"... {step}", err=True)
 
 
-def model_options(command: Callable) -> Callable:
-    """--arch, --variant, --weights, --seed, --image-size: the model a command builds."""
-    options = [
-        click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True),
-        click.option(
-            "--variant", type=click.Choice(VARIANTS), default="torchvision", show_default=True
-        ),
-        click.option(
-            "--weights",
-            default="random",
-            show_default=True,
-            help="'random' (seeded by --seed) or a .pth/.pt/.safetensors state dict.",
-        ),
-        click.option(
-            "--seed", type=int, default=0, show_default=True, help="Seed of random weights."
-        ),
-        click.option("--image-size", type=int, default=224, show_default=True),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+model_options = options(
+    click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True),
+    click.option(
+        "--variant", type=click.Choice(VARIANTS), default="torchvision", show_default=True
+    ),
+    click.option(
+        "--weights",
+        default="random",
+        show_default=True,
+        help="'random' (seeded by --seed) or a .pth/.pt/.safetensors state dict.",
+    ),
+    click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random weights."),
+    click.option("--image-size", type=IMAGE_SIZE, default=224, show_default=True),
+)
+
+
+MODEL_FILE = click.Path(dir_okay=False, path_type=Path)  # existence: checked by onnxfile
+OUTPUT_FILE = click.Path(dir_okay=False, path_type=Path)
+OUTPUT_FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
 @main.command()
 @model_options
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=Number(int, 1, 1000), help="ONNX opset [default: 18].")
 @click.option(
     "--batch",
     default="dynamic",
@@ -140,27 +303,26 @@ def model_options(command: Callable) -> Callable:
     default="dynamo",
     show_default=True,
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Output file [default: ARCH.onnx].",
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("-o", "--output", type=OUTPUT_FILE, help="Output file [default: ARCH.onnx].")
+@force_option("Overwrite an existing output file.")
 @json_option()
+@writes(
+    ["output", "json_out"],
+    inputs=["weights"],
+    defaults={"output": lambda options: Path(f"{options['arch']}.onnx")},
+)
 def export(
     arch: str,
     variant: str,
     weights: str,
     seed: int,
-    opset: int,
+    opset: int | None,
     batch: int | None,
     image_size: int,
     dynamic_size: bool,
     no_simplify: bool,
     exporter: str,
-    output: Path | None,
+    output: Path,
     force: bool,
     json_out: str | None,
 ) -> None:
@@ -176,48 +338,47 @@ def export(
     from resnet_deploy.export import ExportOptions, export_model, format_result
 
     options = ExportOptions(
-        output=output or Path(f"{arch}.onnx"),
+        output=output,
         arch=arch,
         variant=variant,
         weights=weights,
         seed=seed,
-        opset=opset,
         batch=batch,
         image_size=image_size,
         dynamic_size=dynamic_size,
         simplify=not no_simplify,
         exporter=exporter,
         force=force,
+        **given(opset=opset),
     )
     result = export_model(options, progress=progress)
-    emit_json(result, json_out)
-    if json_out != "-":  # otherwise stdout holds the JSON record alone
+    emit_json(result, json_out, force=force)
+    if json_out != STDOUT:  # otherwise stdout holds the JSON record alone
         click.echo(format_result(result))
 
 
-def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None):
-    """``1,8,32`` as a tuple of batch sizes, each checked by parse_batch; None when not given."""
-    if value is None:
+def parse_batch(value: str) -> int | None:
+    if value == "dynamic":
         return None
-    sizes = tuple(parse_batch(part.strip()) for part in value.split(","))
-    if None in sizes:
-        raise click.BadParameter("give whole numbers such as 1,8,32")
-    return sizes
+    try:
+        return Number(int, 1, MAX_BATCH).convert(value, None, None)
+    except click.BadParameter:
+        raise click.BadParameter(
+            f"expected 'dynamic' or a whole number from 1 to {MAX_BATCH}, got {value!r}"
+        ) from None
 
 
 @main.command("bench")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
-@click.option(
-    "--batch-sizes",
-    callback=parse_batch_sizes,
-    help="Comma-separated [default: 1,8,32, or the batch a fixed-batch model was exported with].",
+@click.argument("model", type=MODEL_FILE)
+@provider_option
+@batch_sizes_option(
+    "Comma-separated [default: 1,8,32, or the batch a fixed-batch model was exported with]."
 )
-@click.option("--warmup", "warmup_runs", type=int, help="Warm-up runs per batch size.")
-@click.option("--warmup-s", type=float, help="Warm-up seconds per batch size [default: 2].")
-@click.option("--iterations", type=int, help="Timed runs per batch size.")
-@click.option("--duration", "duration_s", type=float, help="Timed seconds per batch [default: 5].")
-@click.option("--threads", type=int, help="Intra-op threads, eager too [default: physical cores].")
+@click.option("--warmup", "warmup_runs", type=Number(int, 0), help="Warm-up runs per batch size.")
+@click.option("--warmup-s", type=NON_NEGATIVE, help="Warm-up seconds per batch size [default: 2].")
+@click.option("--iterations", type=COUNT, help="Timed runs per batch size.")
+@click.option("--duration", "duration_s", type=POSITIVE, help="Timed seconds per batch [5].")
+@threads_option("Intra-op threads, eager too [default: physical cores].")
 @click.option("--spin/--no-spin", default=True, show_default=True, help="Idle threads spin.")
 @click.option(
     "--io-binding/--no-io-binding",
@@ -230,7 +391,7 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--cudnn-max-workspace/--no-cudnn-max-workspace", default=None)
 @click.option(
     "--trt-cache",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OUTPUT_FOLDER,
     help="TensorRT: engine and timing cache folder (created if missing).",
 )
 @click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
@@ -242,39 +403,39 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
     help="Also time PyTorch eager, rebuilt from the model's metadata.",
 )
 @json_option()
-@click.option(
-    "--csv",
-    "csv_out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write one row per batch size to FILE.",
-)
+@click.option("--csv", "csv_out", type=OUTPUT_FILE, help="Write one row per batch size to FILE.")
 @click.option(
     "--plot",
     "plot_out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     help="Plot latency and throughput against batch size to FILE.png.",
 )
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@force_option()
 @click.option(
     "--scenario",
     help="Run an MLPerf LoadGen scenario instead: singlestream, multistream, server, offline.",
 )
 @click.option(
     "--target-qps",
-    type=float,
+    type=Number(float, 0, MAX_TARGET_QPS, low_open=True),
     help="Server: Poisson arrival rate [default: half the measured throughput]; "
     "Offline: expected samples/s [default: measured].",
 )
-@click.option("--latency-bound-ms", type=float, help="Server: p99 bound [default: 15].")
+@click.option("--latency-bound-ms", type=POSITIVE, help="Server: p99 bound [default: 15].")
 @click.option(
-    "--min-duration", "min_duration_s", type=float, help="Scenario: seconds at least [default: 5]."
+    "--min-duration",
+    "min_duration_s",
+    type=Number(float, 0, 7 * 24 * 3600, low_open=True),
+    help="Scenario: seconds at least [default: 5].",
 )
 @click.option(
     "--min-queries",
-    type=int,
+    type=COUNT,
     help="Scenario: queries at least [default: early stopping's minimum]; Offline: samples.",
 )
-@click.option("--samples", type=int, help="Scenario: generated inputs [64], or images used [all].")
+@click.option(
+    "--samples", type=COUNT, help="Scenario: generated inputs [64], or images used [all]."
+)
 @click.option(
     "--images",
     type=click.Path(path_type=Path),
@@ -284,16 +445,25 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
     "--labels", type=click.Path(path_type=Path), help="Scenario: 'name<TAB>class' lines instead."
 )
 @click.option("--accuracy", is_flag=True, help="Scenario: LoadGen's accuracy mode, top-1.")
-@click.option("--max-batch", type=int, help="Scenario: largest batch [1, 8, 8, 32 by scenario].")
-@click.option("--batch-timeout-ms", type=float, help="Server: most a sample waits [default: 2].")
+@click.option(
+    "--max-batch", type=Number(int, 1, MAX_BATCH), help="Scenario: largest batch [1, 8, 8, 32]."
+)
+@click.option(
+    "--batch-timeout-ms", type=Number(float, 0, 60_000), help="Server: most a sample waits [2]."
+)
 @click.option(
     "--log-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OUTPUT_FOLDER,
     help="Scenario: keep LoadGen's logs in DIR [default: removed].",
 )
 @click.option("--official", is_flag=True, help="Scenario: MLPerf's official ResNet50 settings.")
 @click.option("--find-peak", is_flag=True, help="Server: bisect for the highest VALID QPS.")
-@click.option("--peak-steps", type=int, help="Server --find-peak: LoadGen runs [default: 6].")
+@click.option("--peak-steps", type=Number(int, 1, 20), help="Server --find-peak: runs [6].")
+@writes(
+    ["json_out", "csv_out", "plot_out"],
+    folders=["log_dir", "trt_cache"],
+    inputs=["model", "images", "labels"],
+)
 def bench_command(
     model: Path,
     json_out: str | None,
@@ -313,31 +483,27 @@ def bench_command(
       resnet-deploy bench resnet50.onnx --scenario offline --images val/ --accuracy
     """
     from resnet_deploy.bench import BenchOptions, bench, summary, write_plot
-    from resnet_deploy.files import check_output_path
     from resnet_deploy.report import write_csv
 
     scenario = options.pop("scenario")
-    if scenario is not None or any(options[key] not in (None, False) for key in SCENARIO_KEYS):
-        scenario_args = {key: options.pop(key) for key in SCENARIO_KEYS}
-        engine = BenchOptions(**options)
+    scenario_args = {key: options.pop(key) for key in SCENARIO_KEYS}
+    engine = BenchOptions(**options)
+    if scenario is not None or any(
+        v is not None and v is not False for v in scenario_args.values()
+    ):
         bench_scenario(model, scenario, engine, scenario_args, json_out, csv_out, plot_out, force)
         return
-    for key in SCENARIO_KEYS:
-        del options[key]
-    json_file = None if json_out in (None, "-") else Path(json_out)
-    outputs = [out for out in (json_file, csv_out, plot_out) if out is not None]
-    for out in outputs:
-        check_output_path(out, force=force, inputs=[model])
-    report = bench(model, BenchOptions(**options), progress=progress)
-    emit_json(report, json_out)
+    report = bench(model, engine, progress=progress)
+    emit_json(report, json_out, force=force)
     if csv_out is not None:
-        write_csv(report.batches, csv_out)
+        write_csv(report.batches, csv_out, replace=force)
     if plot_out is not None:
-        write_plot(report, plot_out)
-    if json_out != "-":
+        write_plot(report, plot_out, replace=force)
+    if json_out != STDOUT:
         click.echo(summary(report))
-        for out in outputs:
-            click.echo(f"wrote {out}")
+        for out in (json_out, csv_out, plot_out):
+            if out is not None:
+                click.echo(f"wrote {out}")
     if all(b.error is not None for b in report.batches):
         sys.exit(1)  # nothing was measured
 
@@ -372,80 +538,57 @@ def bench_scenario(
 ) -> None:
     """``bench --scenario``: LoadGen drives the load (see resnet_deploy.loadgen)."""
     from resnet_deploy.errors import InputError
-    from resnet_deploy.files import check_output_path
     from resnet_deploy.loadgen import ScenarioOptions, format_result, run_scenario
 
-    given = {key: value for key, value in scenario_args.items() if value not in (None, False)}
+    # 0 is a value: only options not given at all (None) or flags left off (False) are dropped
+    chosen = {k: v for k, v in scenario_args.items() if v is not None and v is not False}
     if scenario is None:
-        flags = ", ".join("--" + key.removesuffix("_s").replace("_", "-") for key in given)
-        raise InputError(f"{flags} {'needs' if len(given) == 1 else 'need'} --scenario")
+        flags = ", ".join("--" + key.removesuffix("_s").replace("_", "-") for key in chosen)
+        raise InputError(f"{flags} {'needs' if len(chosen) == 1 else 'need'} --scenario")
     if csv_out is not None or plot_out is not None:
         raise InputError("--csv and --plot chart batch sizes; with --scenario use --json")
-    if json_out not in (None, "-"):
-        check_output_path(Path(json_out), force=force, inputs=[model])
-    options = ScenarioOptions(scenario=scenario, engine=engine, force=force, **given)
+    options = ScenarioOptions(scenario=scenario, engine=engine, force=force, **chosen)
     result = run_scenario(model, options, progress=progress)
-    emit_json(result, json_out)
-    if json_out != "-":
+    emit_json(result, json_out, force=force)
+    if json_out != STDOUT:
         click.echo(format_result(result))
         if json_out is not None:
             click.echo(f"wrote {json_out}")
 
 
-def parse_sizes(ctx: click.Context, param: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
-
-
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE)
 @click.option(
     "--repo",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OUTPUT_FOLDER,
     help="Model repository folder (created if missing).",
 )
 @click.option("--name", default=None, help="Model name [default: the arch in its metadata].")
-@click.option("--version", "model_version", type=int, default=1, show_default=True)
+@click.option("--version", "model_version", type=Number(int, 1, 2**63 - 1), default=1)
 @click.option(
     "--max-batch-size",
-    type=int,
-    default=None,
+    type=Number(int, 0, MAX_BATCH),
     help="Largest batch Triton forms [default: 32; 0 for a fixed-batch model].",
 )
 @click.option(
     "--preferred-batch-sizes",
-    callback=parse_sizes,
-    metavar="N,N",
+    type=BATCH_SIZES,
     help="Batch sizes the dynamic batcher aims for [default: 8,16 where they fit].",
 )
-@click.option("--max-queue-delay-us", type=int, default=100, show_default=True)
-@click.option("--instances", type=int, default=1, show_default=True, help="Per GPU for gpu.")
+@click.option(
+    "--max-queue-delay-us", type=Number(int, 0, 2**31 - 1), help="Batcher wait [default: 100]."
+)
+@click.option("--instances", type=Number(int, 1, 1024), help="Per GPU for gpu [default: 1].")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True)
 @click.option("--tensorrt", is_flag=True, help="Have ONNX Runtime hand the graph to TensorRT.")
 @click.option("--fp16", is_flag=True, help="TensorRT in FP16 (needs --tensorrt).")
 @click.option("--warmup/--no-warmup", default=True, show_default=True, help="Random-data warm-up.")
-@click.option("--force", is_flag=True, help="Replace an existing version, config or labels.")
+@force_option("Replace an existing version, config or labels.")
 @json_option()
+@writes(["json_out"], folders=["repo"], inputs=["model"])
 def triton(
-    model: Path,
-    repo: Path,
-    name: str | None,
-    model_version: int,
-    max_batch_size: int | None,
-    preferred_batch_sizes: tuple[int, ...] | None,
-    max_queue_delay_us: int,
-    instances: int,
-    kind: str,
-    tensorrt: bool,
-    fp16: bool,
-    warmup: bool,
-    force: bool,
-    json_out: str | None,
+    model: Path, repo: Path, model_version: int, force: bool, json_out: str | None, **options: Any
 ) -> None:
     """Write a Triton Inference Server model repository for an ONNX model.
 
@@ -457,29 +600,18 @@ def triton(
     """
     from resnet_deploy.triton import TritonOptions, format_result, write_model_repository
 
-    options = TritonOptions(
-        repo=repo,
-        name=name,
-        version=model_version,
-        max_batch_size=max_batch_size,
-        preferred_batch_sizes=preferred_batch_sizes,
-        max_queue_delay_us=max_queue_delay_us,
-        instances=instances,
-        kind=kind,
-        tensorrt=tensorrt,
-        fp16=fp16,
-        warmup=warmup,
-        force=force,
-    )
-    result = write_model_repository(model, options)
-    emit_json(result, json_out)
-    if json_out != "-":
+    chosen = TritonOptions(repo=repo, version=model_version, force=force, **given(**options))
+    result = write_model_repository(model, chosen)
+    emit_json(result, json_out, force=force)
+    if json_out != STDOUT:
         click.echo(format_result(result))
 
 
 @main.command()
 @json_option()
-def doctor(json_out: str | None) -> None:
+@force_option("Overwrite an existing JSON file.")
+@writes(["json_out"])
+def doctor(json_out: str | None, force: bool) -> None:
     """Say what really works here: providers tried, CUDA libraries, GPUs, versions.
 
     Exits 0 whatever it finds: it is a report.
@@ -492,38 +624,40 @@ def doctor(json_out: str | None) -> None:
     from resnet_deploy.doctor import diagnose, format_report
 
     report = diagnose()
-    emit_json(report, json_out)
-    if json_out != "-":
+    emit_json(report, json_out, force=force)
+    if json_out != STDOUT:
         click.echo(format_report(report))
 
 
 @main.command("verify")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE)
 @click.option("--weights", help="The checkpoint, if it moved since export (its sha256 must match).")
 @click.option("--arch", type=click.Choice(ARCHS), help="Only for files without metadata.")
 @click.option("--variant", type=click.Choice(VARIANTS), help="Only for files without metadata.")
-@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
-@click.option(
-    "--batch-sizes",
-    callback=parse_batch_sizes,
-    help="Comma-separated [default: 1,2,7, or the batch a fixed-batch model was exported with].",
+@provider_option
+@batch_sizes_option(
+    "Comma-separated [default: 1,2,7, or the batch a fixed-batch model was exported with]."
 )
-@click.option("--image-size", type=int, help="[default: the model's; 160 too if it allows]")
+@click.option("--image-size", type=IMAGE_SIZE, help="[default: the model's; 160 too if it allows]")
 @click.option(
     "--inputs",
     default="random",
     show_default=True,
     help="'random' (seeded normal), a folder of images, or an N,3,S,S float32 .npy file.",
 )
-@click.option("--samples", type=int, help="Inputs per shape [default: 8 random, or every image].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
-@click.option("--atol", type=float, help="Absolute tolerance [default: 5e-4 for fp32].")
-@click.option("--rtol", type=float, help="Relative tolerance [default: 1e-3 for fp32].")
-@click.option("--min-cosine", type=float, help="Least cosine similarity of each sample's logits.")
+@click.option("--samples", type=COUNT, help="Inputs per shape [default: 8 random, or every image].")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random inputs.")
+@click.option("--atol", type=NON_NEGATIVE, help="Absolute tolerance [default: 5e-4 for fp32].")
+@click.option("--rtol", type=NON_NEGATIVE, help="Relative tolerance [default: 1e-3 for fp32].")
+@click.option(
+    "--min-cosine", type=Number(float, -1, 1), help="Least cosine similarity of each sample."
+)
 @click.option("--allow-tf32", is_flag=True, help="CUDA: leave TF32 on, as ONNX Runtime would.")
 @click.option("--localize", is_flag=True, help="Compare layer by layer; name the first divergence.")
 @json_option()
-def verify_command(model: Path, json_out: str | None, **options: Any) -> None:
+@force_option("Overwrite an existing JSON file.")
+@writes(["json_out"], inputs=["model", "weights", "inputs"])
+def verify_command(model: Path, json_out: str | None, force: bool, **options: Any) -> None:
     """Check that an ONNX file computes what the eager PyTorch model computes.
 
     Exits 0 when every shape passes, 1 when the numbers disagree, 2 on bad input.
@@ -538,21 +672,24 @@ def verify_command(model: Path, json_out: str | None, **options: Any) -> None:
     from resnet_deploy.verify import VerifyOptions, format_report, verify
 
     report = verify(model, VerifyOptions(**options), progress=progress)
-    emit_json(report, json_out)
-    if json_out != "-":
+    emit_json(report, json_out, force=force)
+    if json_out != STDOUT:
         click.echo(format_report(report))
     if not report.passed:
         raise NumericsError(report.summary())
 
 
 @main.command("predict")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE)
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
-@click.option("--top", type=int, default=5, show_default=True, help="Classes shown per image.")
-@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
-@click.option("--batch-size", type=int, help="Images per run [default: 8, or the model's fixed].")
+@click.option("--top", type=Number(int, 1, 1000), default=5, show_default=True, help="Classes.")
+@provider_option
+@click.option(
+    "--batch-size", type=Number(int, 1, MAX_BATCH), help="Images per run [default: 8, or fixed]."
+)
 @json_option()
-@click.option("--force", is_flag=True, help="Overwrite an existing JSON file.")
+@force_option("Overwrite an existing JSON file.")
+@writes(["json_out"], inputs=["model", "images"])
 def predict_command(
     model: Path, images: tuple[str, ...], json_out: str | None, force: bool, **options: Any
 ) -> None:
@@ -567,14 +704,11 @@ def predict_command(
       resnet-deploy predict resnet50.onnx photos/ 'more/*.jpg' --top 3
       resnet-deploy predict resnet50-int8.onnx photos/ --json predictions.json
     """
-    from resnet_deploy.files import check_output_path
     from resnet_deploy.predict import PredictOptions, format_predictions, predict
 
-    if json_out not in (None, "-"):
-        check_output_path(Path(json_out), force=force, inputs=[model])
     report = predict(model, images, PredictOptions(**options), progress=progress)
-    emit_json(report, json_out)
-    if json_out != "-" and report.predictions:
+    emit_json(report, json_out, force=force)
+    if json_out != STDOUT and report.predictions:
         click.echo(format_predictions(report))
     for error in report.errors:
         click.echo(f"error: {error.error}", err=True)
@@ -586,43 +720,26 @@ def predict_command(
 
 @main.command("run")
 @model_options
-@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
-@click.option(
-    "--batch-sizes",
-    callback=parse_batch_sizes,
-    default="1,8",
-    show_default=True,
-    help="Comma-separated batch sizes to bench.",
-)
-@click.option("--duration", "duration_s", type=float, help="Timed seconds per batch size.")
-@click.option(
-    "--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True
-)
+@provider_option
+@batch_sizes_option("Comma-separated batch sizes to bench [default: 1,8].")
+@click.option("--duration", "duration_s", type=POSITIVE, help="Timed seconds per batch size.")
+@click.option("--baseline", type=click.Choice(["torch", "none"]), help="[default: torch]")
 @click.option(
     "-o",
     "--out",
     "folder",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("resnet-deploy-run"),
-    show_default=True,
-    help="Folder for model.onnx and the reports.",
+    type=OUTPUT_FOLDER,
+    help="Folder for model.onnx and the reports [default: resnet-deploy-run].",
 )
-@click.option("--force", is_flag=True, help="Replace a folder that already holds files.")
+@force_option("Replace a folder that already holds files.")
 @json_option()
-def run(
-    arch: str,
-    variant: str,
-    weights: str,
-    seed: int,
-    image_size: int,
-    provider: str,
-    batch_sizes: tuple[int, ...],
-    duration_s: float | None,
-    baseline: str,
-    folder: Path,
-    force: bool,
-    json_out: str | None,
-) -> None:
+@writes(
+    ["json_out"],
+    folders=["folder"],
+    inputs=["weights"],
+    defaults={"folder": lambda options: _default_run_folder()},
+)
+def run(json_out: str | None, force: bool, **options: Any) -> None:
     """Export, verify and bench in one go, with every artifact in one folder.
 
     Stops before the bench (exit 1) when the export does not verify.
@@ -635,29 +752,16 @@ def run(
     """
     from resnet_deploy.pipeline import RunOptions, format_run, run_pipeline
 
-    options = RunOptions(
-        folder=folder,
-        arch=arch,
-        variant=variant,
-        weights=weights,
-        seed=seed,
-        image_size=image_size,
-        provider=provider,
-        batch_sizes=batch_sizes,
-        duration_s=duration_s,
-        baseline=baseline,
-        force=force,
-    )
-    report = run_pipeline(options, progress=progress)
-    emit_json(report, json_out)
-    if json_out != "-":
+    report = run_pipeline(RunOptions(force=force, **given(**options)), progress=progress)
+    emit_json(report, json_out, force=force)
+    if json_out != STDOUT:
         click.echo(format_run(report))
     if not report.passed:
         sys.exit(1)
 
 
 @main.command("optimize")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE)
 @click.option(
     "--precision", type=click.Choice(["fp16", "int8"]), required=True, help="Target precision."
 )
@@ -667,41 +771,33 @@ def run(
     show_default=True,
     help="int8: 'random' inputs, or a folder of images (ImageNet preprocessing).",
 )
-@click.option("--samples", type=int, default=32, show_default=True, help="Calibration inputs.")
+@click.option("--samples", type=COUNT, help="Calibration inputs [default: 32].")
 @click.option(
     "--method",
     type=click.Choice(["minmax", "entropy", "percentile"]),
-    default="minmax",
-    show_default=True,
-    help="int8 calibration method.",
+    help="int8 calibration method [default: minmax].",
 )
 @click.option("--per-channel/--per-tensor", default=True, show_default=True)
 @click.option("--exclude", default="", help="Comma-separated nodes or modules to keep in float.")
 @click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file [default: MODEL.PRECISION.onnx].",
+    "-o", "--output", type=OUTPUT_FILE, help="Output file [default: MODEL.PRECISION.onnx]."
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@force_option("Overwrite an existing output file.")
 @click.option("--no-guard", is_flag=True, help="Write the model without the accuracy guard.")
-@click.option(
-    "--guard-samples", type=int, default=16, show_default=True, help="Held-out inputs per shape."
-)
+@click.option("--guard-samples", type=COUNT, help="Held-out inputs per shape [default: 16].")
 @json_option()
+@writes(
+    ["output", "json_out"],
+    inputs=["model", "calibration"],
+    defaults={"output": lambda options: _default_optimize_output(options)},
+)
 def optimize(
     model: Path,
-    precision: str,
-    calibration: str,
-    samples: int,
-    method: str,
-    per_channel: bool,
     exclude: str,
-    output: Path | None,
-    force: bool,
     no_guard: bool,
-    guard_samples: int,
+    force: bool,
     json_out: str | None,
+    **options: Any,
 ) -> None:
     """Make an fp16 or int8 model, checked against the eager fp32 model before it is written.
 
@@ -713,25 +809,31 @@ def optimize(
     """
     from resnet_deploy.optimize import GuardFailed, OptimizeOptions, format_result, optimize_model
 
-    options = OptimizeOptions(
-        precision=precision,
-        output=output,
-        calibration=calibration,
-        samples=samples,
-        method=method,
-        per_channel=per_channel,
+    chosen = OptimizeOptions(
         exclude=tuple(name.strip() for name in exclude.split(",") if name.strip()),
         guard=not no_guard,
-        guard_samples=guard_samples,
         force=force,
+        **given(**options),
     )
     try:
-        result = optimize_model(model, options, progress=progress)
+        result = optimize_model(model, chosen, progress=progress)
     except GuardFailed as failed:
-        emit_json(failed.result, json_out)
-        if json_out != "-":
+        emit_json(failed.result, json_out, force=force)
+        if json_out != STDOUT:
             click.echo(format_result(failed.result), err=True)
         raise
-    emit_json(result, json_out)
-    if json_out != "-":
+    emit_json(result, json_out, force=force)
+    if json_out != STDOUT:
         click.echo(format_result(result))
+
+
+def _default_optimize_output(options: dict[str, Any]) -> Path:
+    from resnet_deploy.optimize import default_output
+
+    return default_output(options["model"], options["precision"])
+
+
+def _default_run_folder() -> Path:
+    from resnet_deploy.pipeline import DEFAULT_FOLDER
+
+    return DEFAULT_FOLDER

@@ -29,3 +29,7 @@ class NumericsError(ResnetDeployError):
     """The ONNX model does not compute what the PyTorch model computes."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so cleanup runs exactly as for Ctrl-C."""

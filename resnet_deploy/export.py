@@ -16,8 +16,15 @@ import torch
 from resnet_deploy import __version__
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output, check_output_path
-from resnet_deploy.metadata import ModelMetadata, write_metadata
-from resnet_deploy.model import ARCHS, SEED_IMAGE_SIZE, VARIANTS, BuiltModel, build_model
+from resnet_deploy.metadata import (
+    ARCHS,
+    MIN_IMAGE_SIZE,
+    SEED_IMAGE_SIZE,
+    VARIANTS,
+    ModelMetadata,
+    write_metadata,
+)
+from resnet_deploy.model import BuiltModel, build_model
 from resnet_deploy.report import format_table
 from resnet_deploy.steps import Steps
 from resnet_deploy.weights import RANDOM
@@ -26,7 +33,6 @@ EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18  # read by ONNX Runtime >= 1.14, TensorRT >= 8.6 and Triton alike
 MIN_DYNAMO_OPSET = 18  # the dynamo exporter cannot emit older opsets
 MAX_TORCHSCRIPT_OPSET = 20
-MIN_IMAGE_SIZE = 32  # five stride-2 steps must leave at least one pixel
 SIMPLIFIED_OPS = {"Conv", "Relu", "Add", "MaxPool", "AveragePool", "ReduceMean"}
 SIMPLIFIED_OPS |= {"GlobalAveragePool", "Flatten", "Reshape", "Gemm"}
 
@@ -126,7 +132,7 @@ def export_model(
         )
         write_metadata(proto, metadata)
         onnx.checker.check_model(proto, full_check=True)
-    with timed("write"), atomic_output(options.output) as tmp:
+    with timed("write"), atomic_output(options.output, replace=options.force) as tmp:
         onnx.save(proto, tmp)
 
     return ExportResult(

@@ -21,15 +21,12 @@ from typing import Literal
 from torch import Tensor, nn
 
 from resnet_deploy.errors import InputError
-from resnet_deploy.metadata import ModelMetadata
+from resnet_deploy.metadata import ARCHS, VARIANTS, ModelMetadata
 from resnet_deploy.weights import RANDOM, WeightsInfo, init_random_weights, load_weights
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 Variant = Literal["torchvision", "seed"]
-ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-VARIANTS: tuple[str, ...] = ("torchvision", "seed")
 NUM_CLASSES = 1000
-SEED_IMAGE_SIZE = 224
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

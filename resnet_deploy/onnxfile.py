@@ -41,7 +41,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
 def load_with_metadata(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
     """An ONNX file exported by resnet-deploy, with its metadata record."""
     model = load_onnx(path)
-    metadata = read_metadata(model)
+    metadata = read_metadata(model, path)
     if metadata is None:
         raise InputError(f"{path}: has no resnet-deploy metadata (was it made by `export`?)")
     return model, metadata

@@ -115,7 +115,7 @@ def optimize_model(
         ops=dict(Counter(n.op_type for n in converted.graph.node).most_common()),
         excluded_nodes=sorted(excluded),
     )
-    with atomic_output(output) as tmp:
+    with atomic_output(output, replace=options.force) as tmp:
         onnx.save(converted, tmp)
         if options.guard:
             with timed("accuracy guard"):

@@ -15,7 +15,7 @@ from resnet_deploy.bench import BenchOptions, BenchReport, bench, write_plot
 from resnet_deploy.bench import summary as bench_summary
 from resnet_deploy.errors import InputError
 from resnet_deploy.export import ExportOptions, ExportResult, export_model, format_result
-from resnet_deploy.files import write_text_atomic
+from resnet_deploy.files import check_output_folder, write_text_atomic
 from resnet_deploy.report import to_json, write_csv
 from resnet_deploy.verify import VerifyOptions, VerifyReport, format_report, verify
 from resnet_deploy.weights import RANDOM
@@ -55,7 +55,8 @@ def run_pipeline(
     options: RunOptions, progress: Callable[[str], None] = lambda step: None
 ) -> RunReport:
     """Export to ``folder/model.onnx``, verify it, bench it, and write the reports beside it."""
-    folder = prepare_folder(options.folder, force=options.force)
+    weights = [options.weights] if options.weights != RANDOM else []
+    folder = prepare_folder(options.folder, force=options.force, inputs=weights)
     model = folder / "model.onnx"
     exported = export_model(
         ExportOptions(
@@ -94,17 +95,14 @@ def run_pipeline(
     return report
 
 
-def prepare_folder(folder: Path, *, force: bool) -> Path:
-    """A fresh artifacts folder: an existing non-empty one is only replaced with ``force``."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: exists and is not a folder")
+def prepare_folder(folder: Path, *, force: bool, inputs: list[Path | str] = ()) -> Path:
+    """A fresh artifacts folder: an existing non-empty one is only replaced with ``force``,
+    and never when an input (the weights) lies inside it."""
+    folder = check_output_folder(Path(folder), force=force, inputs=inputs)
     if folder.is_dir() and any(folder.iterdir()):
         if not force:
             raise InputError(f"{folder}: already holds files (pass --force to replace them)")
         shutil.rmtree(folder)
-    if not folder.parent.is_dir():
-        raise InputError(f"{folder}: parent folder {folder.parent} does not exist")
     folder.mkdir(exist_ok=True)
     return folder
 

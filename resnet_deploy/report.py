@@ -36,16 +36,16 @@ def to_json(value: Any) -> str:
     return json.dumps(to_record(value), indent=2, allow_nan=False) + "\n"
 
 
-def write_json(value: Any, destination: str) -> str | None:
+def write_json(value: Any, destination: str, *, replace: bool = False) -> str | None:
     """Write the record to a file atomically, or return it for stdout when ``destination`` is -."""
     text = to_json(value)
     if destination == "-":
         return text
-    write_text_atomic(Path(destination), text)
+    write_text_atomic(Path(destination), text, replace=replace)
     return None
 
 
-def write_csv(rows: Sequence[Any], destination: Path) -> None:
+def write_csv(rows: Sequence[Any], destination: Path, *, replace: bool = False) -> None:
     """Flat records (dataclasses or dicts) as one CSV row each; lists joined with "; "."""
     records = [to_record(row) for row in rows]
     buffer = io.StringIO()
@@ -53,7 +53,7 @@ def write_csv(rows: Sequence[Any], destination: Path) -> None:
     writer.writeheader()
     for record in records:
         writer.writerow({k: _csv_cell(v) for k, v in record.items()})
-    write_text_atomic(Path(destination), buffer.getvalue())
+    write_text_atomic(Path(destination), buffer.getvalue(), replace=replace)
 
 
 def _csv_cell(value: Any) -> Any:

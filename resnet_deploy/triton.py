@@ -314,7 +314,7 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
     check_options(options)
     model_path = Path(model_path)
     model = load_onnx(model_path)
-    metadata = read_metadata(model)
+    metadata = read_metadata(model, model_path)
     name = check_name(options.name or (metadata.arch if metadata else model_path.stem))
     inputs, outputs = tensor_specs(model)
     max_batch, preferred = resolve_batching(options, inputs, outputs)
@@ -344,9 +344,9 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
     else:
         with _staged_folder(version_dir) as staging:
             _write_files(staging, {MODEL_FILE: data})
-        write_text_atomic(model_dir / CONFIG_FILE, text)
+        write_text_atomic(model_dir / CONFIG_FILE, text, replace=True)  # checked above
         if labelled:
-            write_text_atomic(model_dir / LABELS_FILE, labels_text)
+            write_text_atomic(model_dir / LABELS_FILE, labels_text, replace=True)
     return TritonResult(
         model_dir=model_dir,
         model_file=version_dir / MODEL_FILE,

@@ -22,18 +22,18 @@ import torch
 
 from resnet_deploy.compare import OutputErrors, Tolerance, compare_outputs
 from resnet_deploy.errors import InputError
-from resnet_deploy.export import MIN_IMAGE_SIZE
 from resnet_deploy.images import list_images, load_batch
 from resnet_deploy.localize import Localization, localize
-from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_STD, read_metadata
-from resnet_deploy.model import (
+from resnet_deploy.metadata import (
     ARCHS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIN_IMAGE_SIZE,
     SEED_IMAGE_SIZE,
     VARIANTS,
-    BuiltModel,
-    build_model,
-    rebuild_model,
+    read_metadata,
 )
+from resnet_deploy.model import BuiltModel, build_model, rebuild_model
 from resnet_deploy.onnxfile import load_onnx
 from resnet_deploy.providers import (
     SessionConfig,
@@ -225,7 +225,7 @@ def check_options(options: VerifyOptions) -> None:
 
 def build_reference(proto: onnx.ModelProto, path: Path, options: VerifyOptions) -> Reference:
     """The eager model the file claims to be; flags may only fill what metadata lacks."""
-    metadata = read_metadata(proto)
+    metadata = read_metadata(proto, path)
     if metadata is not None:
         for flag, given, recorded in (
             ("arch", options.arch, metadata.arch),

@@ -67,7 +67,7 @@ def test_existing_output_gives_one_line_and_exit_2(cli, tmp_path: Path) -> None:
 def test_bad_batch_is_rejected_at_parse_time(cli) -> None:
     result = cli("export", "--batch", "0")
     assert result.exit_code == 2
-    assert "batch size must be at least 1" in result.output
+    assert "'--batch': expected 'dynamic' or a whole number from 1 to" in result.output
 
 
 def test_ctrl_c_exits_130_without_traceback(cli, tmp_path: Path, monkeypatch) -> None:
