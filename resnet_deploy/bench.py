@@ -22,6 +22,7 @@ import torch
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output
+from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.model import rebuild_model
 from resnet_deploy.onnxfile import load_with_metadata
@@ -156,6 +157,12 @@ def bench(
     model_path = Path(model_path)
     _, metadata = load_with_metadata(model_path)
     batch_sizes = _batch_sizes(options.batch_sizes, metadata, model_path)
+    largest = max(batch_sizes)
+    eager_bytes = activation_bytes(metadata.arch, largest, metadata.image_size)
+    check_fits(
+        2 * input_bytes(largest, metadata.image_size) + 2 * eager_bytes,  # ORT, then eager
+        f"bench at batch {largest}, {metadata.image_size}x{metadata.image_size}",
+    )
     environment = describe_environment()
     config = session_config(provider, options)
     threads = config.intra_op_threads

@@ -145,7 +145,10 @@ def compare_outputs(
 ) -> OutputErrors:
     """Statistics of ``actual`` against ``reference``, computed in float64."""
     if reference.shape != actual.shape:
-        raise ValueError(f"shapes differ: reference {reference.shape}, actual {actual.shape}")
+        raise InputError(
+            f"the ONNX model's output has shape {list(actual.shape)}, the eager model's "
+            f"{list(reference.shape)}: the file is not the model it claims to be"
+        )
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     act = actual.reshape(len(actual), -1).astype(np.float64)
     finite = np.isfinite(ref) & np.isfinite(act)

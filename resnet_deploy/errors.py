@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ResnetDeployError(Exception):
     """Base of every error this toolkit raises on purpose. Exit code 2: bad usage or input."""
@@ -33,3 +36,22 @@ class NumericsError(ResnetDeployError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so cleanup runs exactly as for Ctrl-C."""
+
+
+class ToolFailure(ResnetDeployError):
+    """A tool we call (the exporter, onnxsim, ONNX Runtime's quantizer, LoadGen) failed on input
+    we had accepted: not the user's mistake, so not exit 2."""
+
+    exit_code = 3
+
+
+@contextmanager
+def failures_of(tool: str) -> Iterator[None]:
+    """Turn an unexpected exception from ``tool`` into a one-line ToolFailure naming it."""
+    try:
+        yield
+    except (ResnetDeployError, MemoryError):
+        raise
+    except Exception as exc:
+        first_line = str(exc).strip().partition("\n")[0][:300]
+        raise ToolFailure(f"{tool} failed: {type(exc).__name__}: {first_line}") from exc

@@ -14,10 +14,12 @@ import onnx
 import torch
 
 from resnet_deploy import __version__
-from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.files import atomic_output, check_output_path
+from resnet_deploy.errors import InputError, ToolFailure, failures_of
+from resnet_deploy.files import atomic_output, check_input_file, check_output_path
+from resnet_deploy.memory import activation_bytes, check_fits
 from resnet_deploy.metadata import (
     ARCHS,
+    MAX_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
     SEED_IMAGE_SIZE,
     VARIANTS,
@@ -30,6 +32,7 @@ from resnet_deploy.steps import Steps
 from resnet_deploy.weights import RANDOM
 
 EXPORTERS = ("dynamo", "torchscript")
+TRACE_BATCH = 2  # the example the exporter traces: batch 1 would be specialised
 DEFAULT_OPSET = 18  # read by ONNX Runtime >= 1.14, TensorRT >= 8.6 and Triton alike
 MIN_DYNAMO_OPSET = 18  # the dynamo exporter cannot emit older opsets
 MAX_TORCHSCRIPT_OPSET = 20
@@ -85,8 +88,15 @@ def check_options(options: ExportOptions) -> None:
             f"the seed variant ends in AvgPool2d(7) and only takes {SEED_IMAGE_SIZE}x"
             f"{SEED_IMAGE_SIZE} inputs: it cannot have a dynamic size"
         )
-    if options.image_size < MIN_IMAGE_SIZE:
-        raise InputError(f"image size must be at least {MIN_IMAGE_SIZE}, got {options.image_size}")
+    if not MIN_IMAGE_SIZE <= options.image_size <= MAX_IMAGE_SIZE:
+        raise InputError(
+            f"image size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {options.image_size}"
+        )
+    example = options.batch or TRACE_BATCH
+    check_fits(
+        3 * activation_bytes(options.arch, example, options.image_size),  # trace, check, simplify
+        f"export at batch {example}, {options.image_size}x{options.image_size}",
+    )
     if options.exporter == "dynamo" and options.opset < MIN_DYNAMO_OPSET:
         raise InputError(
             f"the dynamo exporter writes opset {MIN_DYNAMO_OPSET} or newer, got --opset "
@@ -97,8 +107,8 @@ def check_options(options: ExportOptions) -> None:
             f"the torchscript exporter writes opset {MAX_TORCHSCRIPT_OPSET} at most, "
             f"got --opset {options.opset}"
         )
-    if options.weights != RANDOM and not Path(options.weights).is_file():
-        raise InputError(f"{options.weights}: weights file not found")
+    if options.weights != RANDOM:
+        check_input_file(options.weights, "weights file")
     check_output_path(options.output, force=options.force, inputs=[Path(options.weights)])
 
 
@@ -111,7 +121,7 @@ def export_model(
 
     with timed("build model"):
         built = build_model(options.arch, options.variant, options.weights, options.seed)
-    with timed("torch.onnx.export"):
+    with timed("torch.onnx.export"), failures_of("torch.onnx.export"):
         proto = to_onnx(built, options)
         ops_exported = count_ops(proto)
     if options.simplify:
@@ -149,7 +159,7 @@ def export_model(
 
 def to_onnx(built: BuiltModel, options: ExportOptions) -> onnx.ModelProto:
     """Run torch.onnx.export in memory: nothing touches the disk, no side ``.data`` file."""
-    batch = 2 if options.batch is None else options.batch  # 2: batch 1 would be specialised
+    batch = options.batch or TRACE_BATCH
     example = torch.randn(batch, 3, options.image_size, options.image_size)
     names = {"input_names": ["input"], "output_names": ["logits"]}
     # The exporters log and warn about things that are not the user's concern (missing
@@ -186,7 +196,7 @@ def to_onnx(built: BuiltModel, options: ExportOptions) -> onnx.ModelProto:
             proto = onnx.load_from_string(buffer.getvalue())
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if opset != options.opset:
-        raise ResnetDeployError(f"asked for opset {options.opset}, the exporter wrote {opset}")
+        raise ToolFailure(f"asked for opset {options.opset}, the exporter wrote {opset}")
     return proto
 
 
@@ -202,9 +212,10 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Fold constants and BatchNorms and drop Identity and shape-computation nodes (onnxsim)."""
     import onnxsim
 
-    simplified, ok = onnxsim.simplify(proto)
+    with failures_of("onnxsim"):
+        simplified, ok = onnxsim.simplify(proto)
     if not ok:
-        raise ResnetDeployError("onnxsim could not validate the simplified model")
+        raise ToolFailure("onnxsim could not validate the simplified model")
     return simplified
 
 

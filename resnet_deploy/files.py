@@ -77,6 +77,21 @@ def _check_not_input(path: Path, inputs: Iterable[Path | str | None], what: str)
             raise InputError(f"{path}: output would overwrite the input {source} (even --force)")
 
 
+def check_input_file(path: Path | str, what: str = "file") -> Path:
+    """An input that must be a regular file: a folder, FIFO or device is named as such (a FIFO
+    would block the reader forever), a missing one is "not found"."""
+    path = Path(path)
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(found.st_mode):
+        raise InputError(f"{path}: not a regular file ({file_kind(found.st_mode)})")
+    return path
+
+
 def check_output_path(path: Path, *, force: bool, inputs: Iterable[Path | str | None] = ()) -> Path:
     """Refuse an output file that cannot or must not be written, before anything runs."""
     path = Path(path)

@@ -16,11 +16,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_deploy.errors import InputError
+from resnet_deploy.files import check_input_file
 from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_RESIZE_RATIO, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 # Pillow's modes for 16-bit greyscale (PNG and TIFF); "I" is how older Pillows open them.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# The resize before the crop keeps the aspect ratio, so a 20000x1 image of 144 bytes would grow
+# to 256 x 5,120,000 pixels (5.7 GB). The resized image gets the bound Pillow puts on decoded
+# images (its decompression-bomb limit).
+MAX_RESIZED_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -48,12 +53,11 @@ def open_rgb(path: Path) -> Image.Image:
     Pillow's decompression-bomb limit stays on: an image too large to be a photograph is an
     error, not a reason to allocate gigabytes.
     """
+    check_input_file(path, "image file")
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here, naming itself
             upright = ImageOps.exif_transpose(image)
-    except FileNotFoundError:
-        raise InputError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, PermissionError) as exc:
         raise InputError(f"{path}: cannot read image ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -99,6 +103,12 @@ def preprocess(
     new_short = resize_size(image_size)
     new_long = int(new_short * long / short)  # torchvision truncates the long side
     size = (new_short, new_long) if width <= height else (new_long, new_short)
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        raise InputError(
+            f"a {width}x{height} image would be resized to {size[0]}x{size[1]} pixels for a "
+            f"{image_size}x{image_size} crop, over the limit of {MAX_RESIZED_PIXELS}: its aspect "
+            "ratio is too extreme for the ImageNet recipe"
+        )
     resized = image.resize(size, Image.Resampling.BILINEAR)
     left = round((size[0] - image_size) / 2.0)
     top = round((size[1] - image_size) / 2.0)
@@ -115,7 +125,11 @@ def load_image(
     std: Sequence[float] = IMAGENET_STD,
 ) -> np.ndarray:
     """The file at ``path`` as the model's input for one image: float32, shape (3, size, size)."""
-    return preprocess(open_rgb(Path(path)), image_size, mean, std)
+    image = open_rgb(Path(path))
+    try:
+        return preprocess(image, image_size, mean, std)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def load_batch(

@@ -15,6 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.errors import InputError
+from resnet_deploy.labels import NUM_IMAGENET_CLASSES
 
 if TYPE_CHECKING:
     import onnx
@@ -219,4 +220,21 @@ def read_metadata(model: onnx.ModelProto, source: object = "model") -> ModelMeta
                 f"{source}: metadata key {key!r}: {_show(name)} is not in the graph "
                 f"({', '.join(names) or 'none'})"
             )
+    _check_output_shape(model, metadata, source)
     return metadata
+
+
+def _check_output_shape(model: onnx.ModelProto, metadata: ModelMetadata, source: object) -> None:
+    """The eager model ends in ``[N, 1000]`` logits; a file whose declared output is anything
+    else (a feature map, another class count) is not what its metadata says."""
+    output = next(o for o in model.graph.output if o.name == metadata.output_name)
+    dims = [d.dim_value or d.dim_param or "?" for d in output.type.tensor_type.shape.dim]
+    if not output.type.tensor_type.HasField("shape"):
+        return  # undeclared: compare_outputs checks the shape the session returns
+    classes = dims[1] if len(dims) == 2 else None
+    if len(dims) != 2 or (isinstance(classes, int) and classes != NUM_IMAGENET_CLASSES):
+        shown = ", ".join(map(str, dims))
+        raise InputError(
+            f"{source}: output {metadata.output_name!r} has shape [{shown}], but the eager "
+            f"{metadata.arch} gives [N, {NUM_IMAGENET_CLASSES}]"
+        )

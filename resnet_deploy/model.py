@@ -240,7 +240,7 @@ def rebuild_model(metadata: ModelMetadata, weights: str | Path | None = None) ->
     recorded_random = metadata.weights == RANDOM
     if weights is None:
         weights = metadata.weights
-        if not recorded_random and not Path(weights).is_file():
+        if not recorded_random and not Path(weights).exists():
             raise InputError(
                 f"the model was exported from weights {weights}, which is not there "
                 "(pass --weights with that file)"

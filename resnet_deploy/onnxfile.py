@@ -17,14 +17,13 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from resnet_deploy.errors import InputError
+from resnet_deploy.files import check_input_file
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Parse ``path`` and its checked external data, or raise an InputError saying why not."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found")
+    path = check_input_file(path, "model file")
     size = path.stat().st_size
     try:
         model = onnx.load(str(path), load_external_data=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from resnet_deploy.errors import InputError, NumericsError
+from resnet_deploy.errors import InputError, NumericsError, failures_of
 from resnet_deploy.files import atomic_output, check_output_path
 from resnet_deploy.metadata import ModelMetadata, write_metadata
 from resnet_deploy.onnxfile import load_with_metadata
@@ -93,11 +93,11 @@ def optimize_model(
 
     excluded = resolve_exclusions(model, options.exclude)
     if options.precision == "fp16":
-        with timed("convert to fp16"):
+        with timed("convert to fp16"), failures_of("onnxruntime's fp16 converter"):
             converted = to_fp16(model, excluded)
         details = "fp16 weights and compute, fp32 inputs and outputs"
     else:
-        with timed("quantize"):
+        with timed("quantize"), failures_of("onnxruntime's quantizer"):
             converted = to_int8(model, calibration, options, excluded, progress)
         details = (
             f"static QDQ, {options.method} calibration on {len(calibration)} "

@@ -18,6 +18,7 @@ import numpy as np
 from resnet_deploy.errors import InputError
 from resnet_deploy.images import list_images, load_image
 from resnet_deploy.labels import imagenet_classes
+from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.onnxfile import load_with_metadata
 from resnet_deploy.providers import SessionConfig, create_session, resolve_provider
@@ -81,6 +82,11 @@ def predict(
         raise InputError(f"no images found ({causes})" if causes else "no images given")
     _, metadata = load_with_metadata(model_path)
     batch_size = choose_batch_size(options, metadata, model_path)
+    check_fits(
+        input_bytes(batch_size, metadata.image_size)
+        + activation_bytes(metadata.arch, batch_size, metadata.image_size),
+        f"predict at batch {batch_size}, {metadata.image_size}x{metadata.image_size}",
+    )
     progress(f"start ONNX Runtime on {resolve_provider(options.provider)}")
     session = create_session(model_path, SessionConfig(provider=options.provider))
     dtype = input_dtype(session)  # float32 for fp16 and int8 files too, which keep fp32 I/O

@@ -24,6 +24,7 @@ from resnet_deploy.compare import OutputErrors, Tolerance, compare_outputs
 from resnet_deploy.errors import InputError
 from resnet_deploy.images import list_images, load_batch
 from resnet_deploy.localize import Localization, localize
+from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import (
     ARCHS,
     IMAGENET_MEAN,
@@ -31,6 +32,7 @@ from resnet_deploy.metadata import (
     MIN_IMAGE_SIZE,
     SEED_IMAGE_SIZE,
     VARIANTS,
+    ModelMetadata,
     read_metadata,
 )
 from resnet_deploy.model import BuiltModel, build_model, rebuild_model
@@ -139,13 +141,17 @@ def verify(
     check_options(options)
     model_path = Path(model_path)
     proto = load_onnx(model_path)
+    metadata = read_metadata(proto, model_path)
+    variant = metadata.variant if metadata else options.variant or "torchvision"
+    shapes, shape_note = plan_shapes(proto, options, variant)
+    mean, std = (metadata.mean, metadata.std) if metadata else (IMAGENET_MEAN, IMAGENET_STD)
+    source = InputSource(options, shapes, mean, std)  # reads --inputs: cheap checks come first
+    check_verify_memory(metadata.arch if metadata else options.arch, shapes, source, options)
     config = session_config(options)
     progress(f"start ONNX Runtime on {resolve_provider(options.provider)}")
-    session = create_session(model_path, config)  # first: a provider that cannot run fails fast
+    session = create_session(model_path, config)  # a provider that cannot run fails fast
     progress("rebuild the eager model")
-    reference = build_reference(proto, model_path, options)
-    shapes, shape_note = plan_shapes(proto, options, reference.built.variant)
-    source = InputSource(options, reference, shapes)
+    reference = build_reference(proto, metadata, model_path, options)
     tolerance = Tolerance.for_precision(
         reference.precision, atol=options.atol, rtol=options.rtol, min_cosine=options.min_cosine
     )
@@ -202,6 +208,20 @@ def verify(
     return report
 
 
+def check_verify_memory(
+    arch: str | None, shapes: list[tuple[int, int]], source: InputSource, options: VerifyOptions
+) -> None:
+    """Eager fp32 and fp64 and ONNX Runtime at the largest shape, plus the decoded inputs;
+    --localize keeps every layer's output of both sides."""
+    if arch is None:
+        return  # build_reference says what is missing
+    batch, size = max(shapes, key=lambda shape: shape[0] * shape[1] ** 2)
+    needed = source.samples * input_bytes(1, size) + 4 * activation_bytes(arch, batch, size)
+    if options.localize:
+        needed += 2 * activation_bytes(arch, batch, size, every_layer=True)
+    check_fits(needed, f"verify at batch {batch}, {size}x{size}")
+
+
 def check_options(options: VerifyOptions) -> None:
     """The cheap checks, so a bad flag fails before a model is built."""
     if options.batch_sizes is not None and (
@@ -223,9 +243,10 @@ def check_options(options: VerifyOptions) -> None:
         raise InputError(f"{options.inputs}: inputs not found (use 'random', a folder or a .npy)")
 
 
-def build_reference(proto: onnx.ModelProto, path: Path, options: VerifyOptions) -> Reference:
+def build_reference(
+    proto: onnx.ModelProto, metadata: ModelMetadata | None, path: Path, options: VerifyOptions
+) -> Reference:
     """The eager model the file claims to be; flags may only fill what metadata lacks."""
-    metadata = read_metadata(proto, path)
     if metadata is not None:
         for flag, given, recorded in (
             ("arch", options.arch, metadata.arch),
@@ -313,10 +334,14 @@ class InputSource:
     """The inputs of every shape: seeded random normal, images, or a user's .npy array."""
 
     def __init__(
-        self, options: VerifyOptions, reference: Reference, shapes: list[tuple[int, int]]
+        self,
+        options: VerifyOptions,
+        shapes: list[tuple[int, int]],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
     ) -> None:
         self.seed = options.seed
-        self.reference = reference
+        self.mean, self.std = mean, std
         self.images: list[Path] = []
         self.array: np.ndarray | None = None
         if options.inputs == RANDOM:
@@ -358,8 +383,7 @@ class InputSource:
             return self.array
         if image_size not in self._decoded:
             paths = self.images[: self.samples]  # images beyond the samples are never used
-            ref = self.reference
-            self._decoded[image_size] = load_batch(paths, image_size, ref.mean, ref.std)
+            self._decoded[image_size] = load_batch(paths, image_size, self.mean, self.std)
         return self._decoded[image_size]
 
 

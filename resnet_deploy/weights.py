@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from resnet_deploy.errors import CheckpointError
+from resnet_deploy.errors import CheckpointError, InputError
+from resnet_deploy.files import check_input_file
 
 RANDOM = "random"
 CALIBRATION_BATCHES = 2
@@ -120,8 +121,10 @@ def checkpoint_format(path: Path) -> str:
 
 def read_checkpoint(path: Path) -> dict[str, Tensor]:
     """Read a safetensors file or a PyTorch state dict, never running code from it."""
-    if not path.is_file():
-        raise CheckpointError("weights file not found")
+    try:
+        check_input_file(path, "weights file")
+    except InputError as exc:
+        raise CheckpointError(str(exc).removeprefix(f"{path}: ")) from None
     size = path.stat().st_size
     kind = checkpoint_format(path)
     refusals = {
@@ -164,6 +167,8 @@ def _safetensors_size(path: Path) -> int:
     """The size a safetensors file must have: its header and the end of its last tensor."""
     with open(path, "rb") as f:
         header_length = int.from_bytes(f.read(8), "little")
+        if header_length > path.stat().st_size:  # a length field no file of this size can hold
+            return 8 + header_length
         header = f.read(header_length)
     if len(header) < header_length:
         return 8 + header_length
@@ -194,6 +199,9 @@ def normalize_state_dict(raw: dict) -> tuple[dict[str, Tensor], list[str]]:
             state = state[key]
             notes.append(f"unwrapped {{'{key}': ...}}")
             break
+    not_text = [k for k in state if not isinstance(k, str)]
+    if not_text:
+        raise CheckpointError(f"not a state dict: key {not_text[0]!r} is not a string")
     not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise CheckpointError(
@@ -233,6 +241,14 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
     ]
     if problems:
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
+    for key in sorted(set(state) & set(expected)):
+        value, wanted = state[key], expected[key]
+        if wanted.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{key}: {value.dtype} values, expected floating point")
+        if wanted.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{key}: holds NaN or infinite values")
+        if not wanted.is_floating_point() and (value.is_floating_point() or value.is_complex()):
+            raise CheckpointError(f"{key}: {value.dtype} values, expected integers")
 
 
 def load_weights(model: nn.Module, path: Path) -> WeightsInfo:
