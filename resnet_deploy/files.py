@@ -64,17 +64,20 @@ def _check_folder_writable(path: Path, folder: Path) -> None:
 
 
 def _check_not_input(path: Path, inputs: Iterable[Path | str | None], what: str) -> None:
-    """Refuse, even with --force, an output that names (or is, through links) an input."""
+    """Refuse, even with --force, an output that is an input: the same file (through any link),
+    a folder that holds an input, or an existing file inside an input folder (a calibration or
+    image folder is read whole, so each file in it is an input)."""
     target = _identity(path)
     resolved = path.resolve()
     for source in inputs:
         if source is None or str(source) == STDOUT:
             continue
         source = Path(source)
-        same_inode = target is not None and target == _identity(source)
-        inside = source.resolve().is_relative_to(resolved) and what == "folder"
-        if same_inode or source.resolve() == resolved or inside:
+        same = (target is not None and target == _identity(source)) or source.resolve() == resolved
+        if same or (what == "folder" and source.resolve().is_relative_to(resolved)):
             raise InputError(f"{path}: output would overwrite the input {source} (even --force)")
+        if target is not None and source.is_dir() and resolved.is_relative_to(source.resolve()):
+            raise InputError(f"{path}: output would overwrite a file of the input folder {source}")
 
 
 def check_input_file(path: Path | str, what: str = "file") -> Path:
@@ -95,12 +98,12 @@ def check_input_file(path: Path | str, what: str = "file") -> Path:
 def check_output_path(path: Path, *, force: bool, inputs: Iterable[Path | str | None] = ()) -> Path:
     """Refuse an output file that cannot or must not be written, before anything runs."""
     path = Path(path)
+    _check_folder_writable(path, path.parent)
     found = _lstat(path)
     if found is not None and not stat.S_ISREG(found.st_mode):
         raise InputError(
             f"{path}: is {file_kind(found.st_mode)}; an output must be a new or regular file"
         )
-    _check_folder_writable(path, path.parent)
     _check_not_input(path, inputs, "file")
     if found is not None and not force:
         raise InputError(f"{path}: already exists (pass --force to overwrite it)")
@@ -113,10 +116,10 @@ def check_output_folder(
     """A folder a command fills (a run folder, a repository): a folder or nothing yet; never
     one that holds an input, since replacing it would delete that input."""
     folder = Path(folder)
+    _check_folder_writable(folder, folder.parent)
     found = _lstat(folder)
     if found is not None and not stat.S_ISDIR(found.st_mode):
         raise InputError(f"{folder}: is {file_kind(found.st_mode)}, expected a folder")
-    _check_folder_writable(folder, folder.parent)
     if found is not None and not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{folder}: no permission to write in it")
     _check_not_input(folder, inputs, "folder")
@@ -136,10 +139,6 @@ def check_outputs(
     inputs = [i for i in inputs if i is not None]
     file_paths = [Path(f) for f in files if f is not None and str(f) != STDOUT]
     folder_paths = [Path(f) for f in folders if f is not None]
-    for path in file_paths:
-        check_output_path(path, force=force, inputs=inputs)
-    for folder in folder_paths:
-        check_output_folder(folder, force=force, inputs=inputs)
     seen: dict[Path, Path] = {}
     for path in [*file_paths, *folder_paths]:
         key = path.resolve()
@@ -150,6 +149,10 @@ def check_outputs(
         for folder in folder_paths:
             if path.resolve().is_relative_to(folder.resolve()):
                 raise InputError(f"{path}: inside {folder}, which this command writes itself")
+    for path in file_paths:
+        check_output_path(path, force=force, inputs=inputs)
+    for folder in folder_paths:
+        check_output_folder(folder, force=force, inputs=inputs)
 
 
 @contextmanager
