@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnet_deploy.environment import gpus
 from resnet_deploy.export import ExportOptions, ExportResult, export_model
 
 # Measured on this project's reference CPU: ONNX Runtime against eager PyTorch, random weights
@@ -15,6 +16,19 @@ from resnet_deploy.export import ExportOptions, ExportResult, export_model
 # bounds leave a 6x margin; a wrong op (one ReLU, a mis-folded BatchNorm) errs by 1e-2 or more.
 ATOL = 5e-4
 RTOL = 1e-3
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests need an NVIDIA GPU; ``no_gpu`` tests check the error CUDA gives without one."""
+    marked = [i for i in items if {"gpu", "no_gpu"} & set(i.keywords)]
+    if not marked:
+        return
+    has_gpu = bool(gpus())
+    for item in marked:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
+        if "no_gpu" in item.keywords and has_gpu:
+            item.add_marker(pytest.mark.skip(reason="checks the error CUDA gives without a GPU"))
 
 
 @pytest.fixture(scope="session")

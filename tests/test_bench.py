@@ -14,7 +14,6 @@ from onnx import TensorProto, helper
 import resnet_deploy.bench as bench_module
 from resnet_deploy.bench import BenchOptions, bench, check_options
 from resnet_deploy.cli import main
-from resnet_deploy.environment import gpus
 from resnet_deploy.errors import InputError
 from resnet_deploy.providers import (
     SessionConfig,
@@ -36,7 +35,7 @@ def cli(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.skipif(bool(gpus()), reason="a GPU is present: CUDA may really start")
+@pytest.mark.no_gpu
 def test_cuda_is_refused_naming_the_cause_onnxruntime_logged(r18: Path) -> None:
     result = cli("bench", r18, "--provider", "cuda", "--baseline", "none")
     assert result.exit_code == 2

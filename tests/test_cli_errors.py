@@ -32,7 +32,11 @@ CASES = [
     (["verify", "{model}", "--inputs", "{small}"], "small.npy holds 100x100 inputs"),
     (["verify", "{model}", "--inputs", "{ints}"], "ints.npy: expected float32 values, got int64"),
     (["bench", "{model}", "--provider", "foo"], "unknown provider 'foo'; use cpu, cuda"),
-    (["verify", "{model}", "--provider", "cuda"], "could not start CUDAExecutionProvider"),
+    pytest.param(
+        ["verify", "{model}", "--provider", "cuda"],
+        "could not start CUDAExecutionProvider",
+        marks=pytest.mark.no_gpu,
+    ),
     (["bench", "{model}", "--batch-sizes", "0"], "'--batch-sizes': must be at least 1, got 0"),
     (["verify", "{model}", "--batch-sizes", "2,-1"], "'--batch-sizes': must be at least 1, got -1"),
     (
@@ -45,7 +49,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(c[0][:2]) for c in CASES])
+@pytest.mark.parametrize(
+    ("args", "message"), CASES, ids=[" ".join(getattr(c, "values", c)[0][:2]) for c in CASES]
+)
 def test_bad_input_is_one_line_and_exit_2(files, tmp_path: Path, args, message: str) -> None:
     names = {k: str(v) for k, v in files.items()} | {"tmp": str(tmp_path)}
     result = CliRunner().invoke(main, [a.format(**names) for a in args])
