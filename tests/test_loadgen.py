@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import resnet_deploy.loadgen as loadgen_module
+import resnet_deploy.loadgen.driver as loadgen_module
 from resnet_deploy.bench import BenchOptions
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError, ResnetDeployError
