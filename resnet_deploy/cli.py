@@ -206,7 +206,9 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
 
 
 @main.command("bench")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "model", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
 @click.option(
     "--batch-sizes",
@@ -294,8 +296,11 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--official", is_flag=True, help="Scenario: MLPerf's official ResNet50 settings.")
 @click.option("--find-peak", is_flag=True, help="Server: bisect for the highest VALID QPS.")
 @click.option("--peak-steps", type=int, help="Server --find-peak: LoadGen runs [default: 6].")
+@click.option("--url", help="Bench a served model: grpc://HOST:PORT or http://HOST:PORT.")
+@click.option("--model-name", help="--url: the served model [default: MODEL's arch, or the one].")
+@click.option("--concurrency", type=int, help="--url: requests in flight [1; 16 with --scenario].")
 def bench_command(
-    model: Path,
+    model: Path | None,
     json_out: str | None,
     csv_out: Path | None,
     plot_out: Path | None,
@@ -311,16 +316,26 @@ def bench_command(
       resnet-deploy bench resnet50.onnx --provider cuda --cuda-graph --batch-sizes 8 --json
       resnet-deploy bench resnet50.onnx --scenario server --target-qps 20 --log-dir logs
       resnet-deploy bench resnet50.onnx --scenario offline --images val/ --accuracy
+      resnet-deploy bench --url grpc://127.0.0.1:8001 --concurrency 8
+      resnet-deploy bench resnet50.onnx --url http://127.0.0.1:8000 --scenario server
     """
     from resnet_deploy.bench import BenchOptions, bench, summary, write_plot
     from resnet_deploy.files import check_output_path
     from resnet_deploy.report import write_csv
 
+    endpoint = endpoint_options(model, options)
     scenario = options.pop("scenario")
     if scenario is not None or any(options[key] not in (None, False) for key in SCENARIO_KEYS):
         scenario_args = {key: options.pop(key) for key in SCENARIO_KEYS}
         engine = BenchOptions(**options)
-        bench_scenario(model, scenario, engine, scenario_args, json_out, csv_out, plot_out, force)
+        bench_scenario(
+            model, scenario, engine, scenario_args, json_out, csv_out, plot_out, force, endpoint
+        )
+        return
+    if endpoint is not None:
+        for key in SCENARIO_KEYS:
+            del options[key]
+        bench_url(model, endpoint, BenchOptions(**options), json_out, csv_out, plot_out, force)
         return
     for key in SCENARIO_KEYS:
         del options[key]
@@ -369,6 +384,7 @@ def bench_scenario(
     csv_out: Path | None,
     plot_out: Path | None,
     force: bool,
+    endpoint: Any = None,
 ) -> None:
     """``bench --scenario``: LoadGen drives the load (see resnet_deploy.loadgen)."""
     from resnet_deploy.errors import InputError
@@ -382,8 +398,10 @@ def bench_scenario(
     if csv_out is not None or plot_out is not None:
         raise InputError("--csv and --plot chart batch sizes; with --scenario use --json")
     if json_out not in (None, "-"):
-        check_output_path(Path(json_out), force=force, inputs=[model])
-    options = ScenarioOptions(scenario=scenario, engine=engine, force=force, **given)
+        check_output_path(Path(json_out), force=force, inputs=[model] if model else [])
+    options = ScenarioOptions(
+        scenario=scenario, engine=engine, endpoint=endpoint, force=force, **given
+    )
     result = run_scenario(model, options, progress=progress)
     emit_json(result, json_out)
     if json_out != "-":
@@ -735,3 +753,53 @@ def optimize(
     emit_json(result, json_out)
     if json_out != "-":
         click.echo(format_result(result))
+
+
+def endpoint_options(model: Path | None, options: dict[str, Any]) -> Any:
+    """``bench``'s --url, --model-name and --concurrency (popped from ``options``) as
+    EndpointOptions, or None without --url; MODEL is needed only without it."""
+    from resnet_deploy.endpoint import EndpointOptions
+    from resnet_deploy.errors import InputError
+
+    url, name, concurrency = (options.pop(key) for key in ("url", "model_name", "concurrency"))
+    if url is None:
+        if name is not None or concurrency is not None:
+            raise InputError("--model-name and --concurrency need --url")
+        if model is None:
+            raise InputError("give MODEL.onnx to bench, or --url of a server that serves it")
+        return None
+    return EndpointOptions(url=url, model_name=name, concurrency=concurrency)
+
+
+def bench_url(
+    model: Path | None,
+    endpoint: Any,
+    options: Any,
+    json_out: str | None,
+    csv_out: Path | None,
+    plot_out: Path | None,
+    force: bool,
+) -> None:
+    """``bench --url``: the served model, and the serving overhead when MODEL is given too."""
+    from resnet_deploy.bench_remote import bench_endpoint, format_remote
+    from resnet_deploy.errors import InputError
+    from resnet_deploy.files import check_output_path
+    from resnet_deploy.report import write_csv
+
+    if plot_out is not None:
+        raise InputError("--plot charts the in-process bench; with --url use --json or --csv")
+    json_file = None if json_out in (None, "-") else Path(json_out)
+    for out in (json_file, csv_out):
+        if out is not None:
+            check_output_path(out, force=force, inputs=[model] if model else [])
+    report = bench_endpoint(endpoint, options, model, progress=progress)
+    emit_json(report, json_out)
+    if csv_out is not None:
+        write_csv(report.batches, csv_out)
+    if json_out != "-":
+        click.echo(format_remote(report))
+        for out in (json_file, csv_out):
+            if out is not None:
+                click.echo(f"wrote {out}")
+    if all(b.error is not None for b in report.batches):
+        sys.exit(1)  # nothing was measured

@@ -78,6 +78,15 @@ def parse_url(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
+def check_endpoint(options: EndpointOptions) -> tuple[str, str]:
+    """The cheap checks, before any connection; returns the protocol and HOST:PORT."""
+    if options.concurrency is not None and options.concurrency < 1:
+        raise InputError(f"--concurrency must be at least 1, got {options.concurrency}")
+    if not options.timeout_s > 0:
+        raise InputError(f"the request timeout must be positive, got {options.timeout_s}")
+    return parse_url(options.url)
+
+
 class ModelClient:
     """One connection to the endpoint, for one thread: place a batch, then infer it."""
 
@@ -127,9 +136,7 @@ def connect(options: EndpointOptions, *, default_name: str | None = None) -> End
     The model is ``options.model_name``, else ``default_name`` (the arch of a model file given
     beside the URL), else the one tensor model the endpoint serves.
     """
-    protocol, address = parse_url(options.url)
-    if options.concurrency is not None and options.concurrency < 1:
-        raise InputError(f"--concurrency must be at least 1, got {options.concurrency}")
+    protocol, address = check_endpoint(options)
     client = _client(protocol, address, options.timeout_s)
     try:
         server = _call(client, options, "get_server_metadata")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet_deploy.bench import BenchOptions, check_options
-from resnet_deploy.endpoint import EndpointOptions, parse_url
+from resnet_deploy.endpoint import EndpointOptions, check_endpoint
 from resnet_deploy.environment import Environment
 from resnet_deploy.errors import InputError
 from resnet_deploy.metadata import ModelMetadata
@@ -186,14 +186,10 @@ def check_scenario_options(options: ScenarioOptions) -> str:
     if options.labels is not None and not Path(options.labels).is_file():
         raise InputError(f"{options.labels}: labels file not found")
     if options.endpoint is not None:
-        parse_url(options.endpoint.url)
+        check_endpoint(options.endpoint)
         if options.batch_timeout_ms is not None:
             raise InputError(
                 "--batch-timeout-ms is the in-process batcher's; a server batches itself"
-            )
-        if options.endpoint.concurrency is not None and options.endpoint.concurrency < 1:
-            raise InputError(
-                f"--concurrency must be at least 1, got {options.endpoint.concurrency}"
             )
     if options.log_dir is not None:
         log_dir = Path(options.log_dir)
