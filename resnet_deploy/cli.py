@@ -803,3 +803,65 @@ def bench_url(
                 click.echo(f"wrote {out}")
     if all(b.error is not None for b in report.batches):
         sys.exit(1)  # nothing was measured
+
+
+@main.command("serve")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Model name [default: as `triton` names it].")
+@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or tensorrt.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option(
+    "--max-batch-size",
+    type=int,
+    default=None,
+    help="Largest batch Triton forms [default: 32; 0 for a fixed-batch model].",
+)
+@click.option("--max-queue-delay-us", type=int, default=100, show_default=True)
+@click.option(
+    "--max-queue-size",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Requests waiting per model before new ones are rejected; 0: unbounded.",
+)
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances.")
+@click.option("--threads", type=int, default=0, show_default=True, help="Threads per instance.")
+@click.option("--top", "top_k", type=int, default=5, show_default=True, help="Image model's k.")
+@click.option(
+    "--drain-timeout-s",
+    type=int,
+    default=20,
+    show_default=True,
+    help="On SIGINT/SIGTERM, longest wait for in-flight requests.",
+)
+@json_option("Write the run's record to FILE (- for stdout) when the server stops.")
+@click.option("--force", is_flag=True, help="Overwrite an existing JSON file.")
+def serve_command(model: Path, json_out: str | None, force: bool, **options: Any) -> None:
+    """Serve an ONNX model with Triton Inference Server (KServe v2 over HTTP and gRPC).
+
+    Serves MODEL under the name, tensors and batching `triton` writes for it, and
+    NAME_image, which takes encoded images and returns the top classes. Runs until
+    Ctrl-C or SIGTERM; both finish in-flight requests before exiting.
+
+    \b
+    Examples:
+      resnet-deploy serve resnet50.onnx
+      resnet-deploy serve resnet50-int8.onnx --instances 2 --threads 1 --max-queue-size 64
+    """
+    from resnet_deploy.files import check_output_path
+    from resnet_deploy.serve import ServeOptions, format_endpoints, format_result, serve
+
+    if json_out not in (None, "-"):
+        check_output_path(Path(json_out), force=force, inputs=[model])
+
+    def ready(endpoints: Any, startup_s: float) -> None:
+        click.echo(format_endpoints(endpoints, startup_s), err=json_out == "-")
+        sys.stdout.flush()
+
+    result = serve(model, ServeOptions(**options), progress=progress, on_ready=ready)
+    emit_json(result, json_out)
+    if json_out != "-":
+        click.echo(format_result(result))

@@ -31,7 +31,7 @@ from resnet_deploy import __version__
 from resnet_deploy.errors import InputError
 from resnet_deploy.files import write_text_atomic
 from resnet_deploy.labels import imagenet_classes
-from resnet_deploy.metadata import read_metadata
+from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
 from resnet_deploy.report import format_table
 
@@ -141,6 +141,11 @@ def check_name(name: str) -> str:
             f"model name {name!r}: use letters, digits, '_', '-' and '.', not starting with '.'"
         )
     return name
+
+
+def model_name(model_path: Path, metadata: ModelMetadata | None, name: str | None) -> str:
+    """``name``, else the arch in the model's metadata, else the file's stem; checked."""
+    return check_name(name or (metadata.arch if metadata else Path(model_path).stem))
 
 
 def tensor_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -315,7 +320,7 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
     model_path = Path(model_path)
     model = load_onnx(model_path)
     metadata = read_metadata(model)
-    name = check_name(options.name or (metadata.arch if metadata else model_path.stem))
+    name = model_name(model_path, metadata, options.name)
     inputs, outputs = tensor_specs(model)
     max_batch, preferred = resolve_batching(options, inputs, outputs)
     classes = imagenet_classes()
