@@ -51,8 +51,9 @@ class EndpointModel:
     input_datatype: str  # KServe's name: FP32, FP16
     dims: tuple[int, ...]  # per sample, without the batch dimension
     output_name: str
-    max_batch_size: int  # 0: the model takes one fixed shape, batch included
+    max_batch_size: int  # 0: the server does not batch; the model takes one fixed shape
     fixed_batch: int | None  # that shape's batch when max_batch_size is 0
+    batch_dim: bool = True  # False: that shape is one sample, without a batch dimension
 
     @property
     def dtype(self) -> np.dtype:
@@ -106,10 +107,7 @@ class ModelClient:
     def place(self, batch: np.ndarray) -> list[Any]:
         """The request's input, serialized once, so that a timed loop times the network."""
         model = self.model
-        shape = batch.shape if model.max_batch_size else batch.shape[1:]
-        if model.fixed_batch is not None:
-            shape = batch.shape
-        array = np.ascontiguousarray(batch.reshape(shape), dtype=model.dtype)
+        array = np.ascontiguousarray(batch if model.batch_dim else batch[0], dtype=model.dtype)
         tensor = self.module.InferInput(model.input_name, list(array.shape), model.input_datatype)
         tensor.set_data_from_numpy(array, **self._binary())
         return [tensor]
@@ -124,7 +122,8 @@ class ModelClient:
             )
         except Exception as exc:
             raise ResnetDeployError(f"{model.url} {model.name}: {_why(exc)}") from None
-        return result.as_numpy(model.output_name)
+        output = result.as_numpy(model.output_name)
+        return output if model.batch_dim else output[None]
 
     def _binary(self) -> dict[str, bool]:
         return {"binary_data": True} if self.model.protocol == "http" else {}
@@ -238,12 +237,12 @@ def _describe(
         raise InputError(f"{url}: model {name!r} takes {datatype}; this client sends {kinds}")
     shape = tuple(int(d) for d in tensor["shape"])
     max_batch = int(config.get("max_batch_size", 0) or 0)
-    fixed = None
-    if max_batch:
-        dims = shape[1:] if len(shape) == 4 else shape
-    else:
-        fixed, dims = (shape[0], shape[1:]) if len(shape) == 4 else (None, shape)
-    if len(dims) != 3 or min(dims) < 1 or dims[1] != dims[2]:
+    batch_dim, fixed, dims = True, None, shape[1:]
+    if not max_batch and len(shape) == 3:  # one sample per request
+        batch_dim, fixed, dims = False, 1, shape
+    elif not max_batch:
+        fixed = shape[0]
+    if len(shape) - batch_dim != 3 or min(dims) < 1 or dims[1] != dims[2] or (fixed or 1) < 1:
         raise InputError(f"{url}: model {name!r} takes {list(shape)}; expected N x C x S x S")
     return EndpointModel(
         url=url,
@@ -258,7 +257,8 @@ def _describe(
         dims=dims,
         output_name=outputs[0]["name"],
         max_batch_size=max_batch,
-        fixed_batch=fixed if fixed and fixed > 0 else None,
+        fixed_batch=fixed,
+        batch_dim=batch_dim,
     )
 
 

@@ -83,8 +83,8 @@ class _System:
     dtype: np.dtype
     classes: int | None
     image_size: int
-    fixed_batch: int | None
-    batch_limit: int | None  # the largest batch it accepts
+    fixed_batch: int | None = None  # a served model's: the file says it in process
+    batch_limit: int | None = None  # the largest batch a served model accepts
     endpoint: str | None = None
     concurrency: int | None = None
 
@@ -147,24 +147,13 @@ def _prepare(
     """System, sample library and the timings the defaults and LoadGen's hints come from."""
     metadata = None if path is None else load_with_metadata(path)[1]
     if options.endpoint is None:
+        fixed = None if metadata.batch == "dynamic" else int(metadata.batch)
+        max_batch = _max_batch(options, scenario, path, fixed, None)
         found = _in_process(path, metadata, options, progress)
-        defaults = DEFAULT_MAX_BATCH
     else:
         found = _remote(options.endpoint, metadata, progress)
-        defaults = REMOTE_MAX_BATCH
-    fixed = found.fixed_batch
-    max_batch = options.max_batch or fixed or defaults[scenario]
-    where = path if options.endpoint is None else options.endpoint.url
-    if fixed is not None and max_batch != fixed:
-        raise InputError(
-            f"{where}: has a fixed batch of {fixed}; use --max-batch {fixed} "
-            "or export it again with --batch dynamic"
-        )
-    if found.batch_limit is not None and max_batch > found.batch_limit:
-        raise InputError(
-            f"{where}: --max-batch {max_batch} is over the server's max_batch_size "
-            f"{found.batch_limit}"
-        )
+        fixed = found.fixed_batch
+        max_batch = _max_batch(options, scenario, options.endpoint.url, fixed, found.batch_limit)
     images = labels = None
     if options.images is not None:
         images = list_images(options.images)[: options.samples]
@@ -214,6 +203,24 @@ def _prepare(
     )
 
 
+def _max_batch(
+    options: ScenarioOptions, scenario: str, where: object, fixed: int | None, limit: int | None
+) -> int:
+    """The largest batch the SUT runs (or sends): asked for, else the scenario's default."""
+    defaults = DEFAULT_MAX_BATCH if options.endpoint is None else REMOTE_MAX_BATCH
+    max_batch = options.max_batch or fixed or defaults[scenario]
+    if limit is not None:
+        max_batch = min(max_batch, limit) if options.max_batch is None else max_batch
+    if fixed is not None and max_batch != fixed:
+        raise InputError(
+            f"{where}: has a fixed batch of {fixed}; use --max-batch {fixed} "
+            "or export it again with --batch dynamic"
+        )
+    if limit is not None and max_batch > limit:
+        raise InputError(f"{where}: --max-batch {max_batch} is over its max_batch_size {limit}")
+    return max_batch
+
+
 def _in_process(
     path: Path | None,
     metadata: ModelMetadata | None,
@@ -235,8 +242,6 @@ def _in_process(
         dtype=input_dtype(session),
         classes=classes if isinstance(classes, int) else None,
         image_size=metadata.image_size,
-        fixed_batch=None if metadata.batch == "dynamic" else int(metadata.batch),
-        batch_limit=None,
     )
 
 
