@@ -34,6 +34,8 @@ from serving import (  # tests/ is on sys.path under pytest's default import mod
 )
 from tritonclient.utils import InferenceServerException
 
+pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)")
+
 from resnet_deploy.cli import main
 from resnet_deploy.errors import ProviderError
 from resnet_deploy.predict import PredictOptions, predict
