@@ -25,6 +25,7 @@ the same drain: Triton stops taking requests, finishes those in flight, then exi
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -235,6 +236,11 @@ class ModelServer:
 
     def start(self, progress: Callable[[str], None] = lambda step: None) -> Endpoints:
         started = time.perf_counter()
+        if importlib.util.find_spec("pytriton") is None:
+            raise ServeError(
+                "serve needs PyTriton, which is not installed: pip install 'resnet-deploy[serve]' "
+                "(Linux x86_64 or aarch64 only)"
+            )
         check_ports_free(self.options)
         progress(f"start {self.options.instances} ONNX Runtime session(s)")
         session_config = SessionConfig(

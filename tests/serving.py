@@ -185,13 +185,15 @@ def assert_clean_exit(server: ServedProcess, code: int) -> None:
 
 
 @contextmanager
-def running_server(model: Path, *args: str, **options: object) -> Iterator[ServedProcess]:
-    """A ready server for the block; stopped with SIGTERM after it and checked to be clean."""
+def running_server(
+    model: Path, *args: str, stop_signal: int = signal.SIGTERM, **options: object
+) -> Iterator[ServedProcess]:
+    """A ready server for the block; stopped (SIGTERM) after it and checked to be clean."""
     server = start_server(model, *args, **options)
     try:
         yield server
     finally:
-        code = stop_server(server)
+        code = stop_server(server, stop_signal)
     assert_clean_exit(server, code)
 
 
