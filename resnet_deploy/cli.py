@@ -369,7 +369,7 @@ def parse_batch(value: str) -> int | None:
 
 
 @main.command("bench")
-@click.argument("model", type=MODEL_FILE)
+@click.argument("model", required=False, type=MODEL_FILE)
 @provider_option
 @batch_sizes_option(
     "Comma-separated [default: 1,8,32, or the batch a fixed-batch model was exported with]."
@@ -459,13 +459,20 @@ def parse_batch(value: str) -> int | None:
 @click.option("--official", is_flag=True, help="Scenario: MLPerf's official ResNet50 settings.")
 @click.option("--find-peak", is_flag=True, help="Server: bisect for the highest VALID QPS.")
 @click.option("--peak-steps", type=Number(int, 1, 20), help="Server --find-peak: runs [6].")
+@click.option("--url", help="Bench a served model: grpc://HOST:PORT or http://HOST:PORT.")
+@click.option("--model-name", help="--url: the served model [default: MODEL's arch, or the one].")
+@click.option(
+    "--concurrency",
+    type=Number(int, 1, 4096),
+    help="--url: requests in flight [1; 16 with --scenario].",
+)
 @writes(
     ["json_out", "csv_out", "plot_out"],
     folders=["log_dir", "trt_cache"],
     inputs=["model", "images", "labels"],
 )
 def bench_command(
-    model: Path,
+    model: Path | None,
     json_out: str | None,
     csv_out: Path | None,
     plot_out: Path | None,
@@ -481,17 +488,25 @@ def bench_command(
       resnet-deploy bench resnet50.onnx --provider cuda --cuda-graph --batch-sizes 8 --json
       resnet-deploy bench resnet50.onnx --scenario server --target-qps 20 --log-dir logs
       resnet-deploy bench resnet50.onnx --scenario offline --images val/ --accuracy
+      resnet-deploy bench --url grpc://127.0.0.1:8001 --concurrency 8
+      resnet-deploy bench resnet50.onnx --url http://127.0.0.1:8000 --scenario server
     """
     from resnet_deploy.bench import BenchOptions, bench, summary, write_plot
     from resnet_deploy.report import write_csv
 
+    endpoint = endpoint_options(model, options)
     scenario = options.pop("scenario")
     scenario_args = {key: options.pop(key) for key in SCENARIO_KEYS}
     engine = BenchOptions(**options)
     if scenario is not None or any(
         v is not None and v is not False for v in scenario_args.values()
     ):
-        bench_scenario(model, scenario, engine, scenario_args, json_out, csv_out, plot_out, force)
+        bench_scenario(
+            model, scenario, engine, scenario_args, json_out, csv_out, plot_out, force, endpoint
+        )
+        return
+    if endpoint is not None:
+        bench_url(model, endpoint, engine, json_out, csv_out, plot_out, force)
         return
     report = bench(model, engine, progress=progress)
     emit_json(report, json_out, force=force)
@@ -535,6 +550,7 @@ def bench_scenario(
     csv_out: Path | None,
     plot_out: Path | None,
     force: bool,
+    endpoint: Any = None,
 ) -> None:
     """``bench --scenario``: LoadGen drives the load (see resnet_deploy.loadgen)."""
     from resnet_deploy.errors import InputError
@@ -547,7 +563,9 @@ def bench_scenario(
         raise InputError(f"{flags} {'needs' if len(chosen) == 1 else 'need'} --scenario")
     if csv_out is not None or plot_out is not None:
         raise InputError("--csv and --plot chart batch sizes; with --scenario use --json")
-    options = ScenarioOptions(scenario=scenario, engine=engine, force=force, **chosen)
+    options = ScenarioOptions(
+        scenario=scenario, engine=engine, endpoint=endpoint, force=force, **chosen
+    )
     result = run_scenario(model, options, progress=progress)
     emit_json(result, json_out, force=force)
     if json_out != STDOUT:
@@ -837,3 +855,122 @@ def _default_run_folder() -> Path:
     from resnet_deploy.pipeline import DEFAULT_FOLDER
 
     return DEFAULT_FOLDER
+
+
+def endpoint_options(model: Path | None, options: dict[str, Any]) -> Any:
+    """``bench``'s --url, --model-name and --concurrency (popped from ``options``) as
+    EndpointOptions, or None without --url; MODEL is needed only without it."""
+    from resnet_deploy.endpoint import EndpointOptions
+    from resnet_deploy.errors import InputError
+
+    url, name, concurrency = (options.pop(key) for key in ("url", "model_name", "concurrency"))
+    if url is None:
+        if name is not None or concurrency is not None:
+            raise InputError("--model-name and --concurrency need --url")
+        if model is None:
+            raise InputError("give MODEL.onnx to bench, or --url of a server that serves it")
+        return None
+    return EndpointOptions(url=url, model_name=name, concurrency=concurrency)
+
+
+def bench_url(
+    model: Path | None,
+    endpoint: Any,
+    options: Any,
+    json_out: str | None,
+    csv_out: Path | None,
+    plot_out: Path | None,
+    force: bool,
+) -> None:
+    """``bench --url``: the served model, and the serving overhead when MODEL is given too."""
+    from resnet_deploy.bench_remote import bench_endpoint, format_remote
+    from resnet_deploy.errors import InputError
+    from resnet_deploy.report import write_csv
+
+    if plot_out is not None:
+        raise InputError("--plot charts the in-process bench; with --url use --json or --csv")
+    report = bench_endpoint(endpoint, options, model, progress=progress)
+    emit_json(report, json_out, force=force)
+    if csv_out is not None:
+        write_csv(report.batches, csv_out, replace=force)
+    if json_out != STDOUT:
+        click.echo(format_remote(report))
+        for out in (json_out, csv_out):
+            if out is not None:
+                click.echo(f"wrote {out}")
+    if all(b.error is not None for b in report.batches):
+        sys.exit(1)  # nothing was measured
+
+
+PORT = Number(int, 0, 65535)
+
+
+@main.command("serve")
+@click.argument("model", type=MODEL_FILE)
+@click.option("--name", default=None, help="Model name [default: as `triton` names it].")
+@provider_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--http-port", type=PORT, default=8000, show_default=True)
+@click.option("--grpc-port", type=PORT, default=8001, show_default=True)
+@click.option("--metrics-port", type=PORT, default=8002, show_default=True)
+@click.option(
+    "--max-batch-size",
+    type=Number(int, 0, MAX_BATCH),
+    default=None,
+    help="Largest batch Triton forms [default: 32; 0 for a fixed-batch model].",
+)
+@click.option(
+    "--max-queue-delay-us", type=Number(int, 0, 2**31 - 1), default=100, show_default=True
+)
+@click.option(
+    "--max-queue-size",
+    type=Number(int, 0, 2**31 - 1),
+    default=128,
+    show_default=True,
+    help="Requests waiting per model before new ones are rejected; 0: unbounded.",
+)
+@click.option(
+    "--instances", type=Number(int, 1, 1024), default=1, show_default=True, help="Instances."
+)
+@click.option(
+    "--threads",
+    type=Number(int, 0, MAX_THREADS),
+    default=0,
+    show_default=True,
+    help="Threads per instance (0: ONNX Runtime's default).",
+)
+@click.option(
+    "--top", "top_k", type=Number(int, 1, 1000), default=5, show_default=True, help="Image k."
+)
+@click.option(
+    "--drain-timeout-s",
+    type=Number(int, 0, 3600),
+    default=20,
+    show_default=True,
+    help="On SIGINT/SIGTERM, longest wait for in-flight requests.",
+)
+@json_option("Write the run's record to FILE (- for stdout) when the server stops.")
+@force_option("Overwrite an existing JSON file.")
+@writes(["json_out"], inputs=["model"])
+def serve_command(model: Path, json_out: str | None, force: bool, **options: Any) -> None:
+    """Serve an ONNX model with Triton Inference Server (KServe v2 over HTTP and gRPC).
+
+    Serves MODEL under the name, tensors and batching `triton` writes for it, and
+    NAME_image, which takes encoded images and returns the top classes. Runs until
+    Ctrl-C or SIGTERM; both finish in-flight requests before exiting.
+
+    \b
+    Examples:
+      resnet-deploy serve resnet50.onnx
+      resnet-deploy serve resnet50-int8.onnx --instances 2 --threads 1 --max-queue-size 64
+    """
+    from resnet_deploy.serve import ServeOptions, format_endpoints, format_result, serve
+
+    def ready(endpoints: Any, startup_s: float) -> None:
+        click.echo(format_endpoints(endpoints, startup_s), err=json_out == STDOUT)
+        sys.stdout.flush()
+
+    result = serve(model, ServeOptions(**options), progress=progress, on_ready=ready)
+    emit_json(result, json_out, force=force)
+    if json_out != STDOUT:
+        click.echo(format_result(result))

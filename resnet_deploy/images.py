@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -47,25 +48,28 @@ def list_images(folder: Path) -> list[Path]:
     return found
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` fully, upright (EXIF orientation applied), as 8-bit RGB.
+def open_rgb(path: Path | IO[bytes], name: str | None = None) -> Image.Image:
+    """Decode ``path`` (or an open binary file, named ``name`` in errors) fully, upright (EXIF
+    orientation applied), as 8-bit RGB.
 
     Pillow's decompression-bomb limit stays on: an image too large to be a photograph is an
     error, not a reason to allocate gigabytes.
     """
-    check_input_file(path, "image file")
+    label = name or path
+    if isinstance(path, (str, Path)):
+        check_input_file(path, "image file")  # a FIFO would block Pillow's reader forever
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here, naming itself
             upright = ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, PermissionError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from None
+        raise InputError(f"{label}: cannot read image ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"{path}: broken or truncated image ({exc})") from None
+        raise InputError(f"{label}: broken or truncated image ({exc})") from None
     try:
         return to_rgb(upright)
     except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        raise InputError(f"{label}: {exc}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -31,7 +31,7 @@ from resnet_deploy import __version__
 from resnet_deploy.errors import InputError
 from resnet_deploy.files import write_text_atomic
 from resnet_deploy.labels import imagenet_classes
-from resnet_deploy.metadata import read_metadata
+from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
 from resnet_deploy.report import format_table
 
@@ -41,6 +41,7 @@ CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_PREFERRED_BATCH_SIZES = (8, 16)  # kept where they fit under max_batch_size
+KSERVE_SUFFIX = "-inferenceservice.yaml"
 KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "cpu": mc.ModelInstanceGroup.KIND_CPU}
 TRT_WORKSPACE_BYTES = 1 << 30  # the backend's documented default, written out to be visible
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -102,6 +103,7 @@ class TritonResult:
     config_text: str
     model_bytes: int
     notes: list[str] = field(default_factory=list)
+    manifest_file: Path | None = None  # the KServe InferenceService beside the repository
 
 
 def check_options(options: TritonOptions) -> None:
@@ -141,6 +143,11 @@ def check_name(name: str) -> str:
             f"model name {name!r}: use letters, digits, '_', '-' and '.', not starting with '.'"
         )
     return name
+
+
+def model_name(model_path: Path, metadata: ModelMetadata | None, name: str | None) -> str:
+    """``name``, else the arch in the model's metadata, else the file's stem; checked."""
+    return check_name(name or (metadata.arch if metadata else Path(model_path).stem))
 
 
 def tensor_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -315,7 +322,7 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
     model_path = Path(model_path)
     model = load_onnx(model_path)
     metadata = read_metadata(model, model_path)
-    name = check_name(options.name or (metadata.arch if metadata else model_path.stem))
+    name = model_name(model_path, metadata, options.name)
     inputs, outputs = tensor_specs(model)
     max_batch, preferred = resolve_batching(options, inputs, outputs)
     classes = imagenet_classes()
@@ -328,6 +335,12 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
     version_dir = model_dir / str(options.version)
     notes = _check_other_versions(model_dir, options.version, inputs, outputs)
     notes += _check_existing(model_dir, options, config, labels_text if labelled else None)
+    repo_path = Path(options.repo).resolve()
+    manifest_file = repo_path.parent / f"{repo_path.name}-{name}{KSERVE_SUFFIX}"
+    manifest = kserve_manifest(name, repo_path, gpu=options.kind == "gpu")
+    keep_manifest = manifest_file.exists() and not options.force  # its storageUri may be set
+    if keep_manifest and manifest_file.read_text() != manifest:
+        notes.append(f"{manifest_file} differs from a new one; kept (--force rewrites it)")
     if not labelled:
         notes.append(f"no output has {len(classes)} classes: no labels.txt attached")
     if max_batch == 0:
@@ -347,6 +360,8 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
         write_text_atomic(model_dir / CONFIG_FILE, text, replace=True)  # checked above
         if labelled:
             write_text_atomic(model_dir / LABELS_FILE, labels_text, replace=True)
+    if not keep_manifest:
+        write_text_atomic(manifest_file, manifest, replace=True)  # checked with the rest
     return TritonResult(
         model_dir=model_dir,
         model_file=version_dir / MODEL_FILE,
@@ -361,7 +376,40 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
         config_text=text,
         model_bytes=len(data),
         notes=notes,
+        manifest_file=manifest_file,
     )
+
+
+def kserve_manifest(name: str, repo: Path, *, gpu: bool) -> str:
+    """A KServe InferenceService serving ``repo`` with KServe's Triton runtime, protocol v2.
+
+    Written by hand (it is a dozen lines) to keep a YAML library out of the dependencies;
+    every value is quoted, so a name such as ``1e5`` stays a string.
+    """
+    resource = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    resource = resource if resource[:1].isalpha() else f"m-{resource}"
+    lines = [
+        f'# KServe InferenceService for model "{name}" of the Triton model repository',
+        f"# {repo.name}/, written by resnet-deploy {__version__}. Upload the folder (object",
+        "# storage or a PVC), set storageUri to it, then `kubectl apply -f` this file.",
+        "# KServe's Triton runtime serves every model in it over the v2 protocol, at",
+        "# /v2/models/<name>/infer: the same requests `resnet-deploy serve` answers.",
+        "apiVersion: serving.kserve.io/v1beta1",
+        "kind: InferenceService",
+        "metadata:",
+        f'  name: "{resource[:63].rstrip("-")}"',
+        "spec:",
+        "  predictor:",
+        "    model:",
+        "      modelFormat:",
+        '        name: "triton"',
+        '      protocolVersion: "v2"',
+        '      runtime: "kserve-tritonserver"',
+        f'      storageUri: "s3://CHANGE-ME/{repo.name}"',
+    ]
+    if gpu:
+        lines += ["      resources:", "        limits:", '          nvidia.com/gpu: "1"']
+    return "\n".join(lines) + "\n"
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -481,6 +529,10 @@ def format_result(result: TritonResult) -> str:
     lines.append(format_table(["tensor", "role", "type", "model shape", "config dims"], rows))
     lines.append("")
     lines.append(f"max_batch_size {result.max_batch_size}; see {result.config_file} for the rest")
+    if result.manifest_file:
+        lines.append(
+            f"KServe: {result.manifest_file} (set its storageUri to the uploaded repository)"
+        )
     for note in result.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import resnet_deploy.loadgen as loadgen_module
+import resnet_deploy.loadgen.driver as loadgen_module
 from resnet_deploy.bench import BenchOptions
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError, ResnetDeployError
@@ -73,6 +73,7 @@ def test_each_scenario_gives_a_parsed_result(r18: Path, scenario: str, extra: di
     assert result.min_duration_ms == 1000 and result.loadgen_version.startswith(("5.", "6."))
     assert result.valid == (result.invalid_reasons == [])
     assert result.log_dir is None and result.mean_batch_size >= 1
+    assert set(result.engine_batch_sizes) <= set(result.warmed_batch_sizes)  # no cold shape
     if scenario == "singlestream":
         assert result.latency_metric_percentile == 90 and result.latency_metric_ms > 0
         assert result.samples_per_query == 1 and result.mean_batch_size == 1
@@ -127,6 +128,23 @@ def test_fixed_batch_model_pads_short_batches(exported) -> None:
     assert result.max_batch == 2 and result.mean_batch_size == 1 and result.queries >= 4
     with pytest.raises(InputError, match="fixed batch of 2; use --max-batch 2"):
         run_scenario(fixed, ScenarioOptions(scenario="offline", max_batch=8, **SHORT))
+
+
+def test_offline_pads_its_last_short_batch_to_the_warmed_size(r18: Path) -> None:
+    """Seven samples in batches of 3: the last one is padded, so batch 1 never runs cold."""
+    options = ScenarioOptions(
+        scenario="offline", max_batch=3, target_qps=1, min_duration_s=1.0, min_queries=7
+    )
+    result = run_scenario(r18, options)
+    assert result.samples_per_query == 7 and result.warmed_batch_sizes == [3]
+    assert result.engine_batch_sizes == [3] and result.padded_batches == 1
+    assert result.mean_batch_size == pytest.approx(7 / 3)  # real samples, padding not counted
+
+
+def test_multistream_warms_each_size_its_query_splits_into(r18: Path) -> None:
+    result = run_scenario(r18, ScenarioOptions(scenario="multistream", max_batch=3, **SHORT))
+    assert result.warmed_batch_sizes == [2, 3] and result.engine_batch_sizes == [2, 3]
+    assert result.padded_batches == 0
 
 
 def test_an_inference_error_ends_the_run_instead_of_hanging(r18: Path, monkeypatch) -> None:

@@ -1,0 +1,247 @@
+"""A `resnet-deploy serve` process for tests: free loopback ports, bounded waits, stop by PID.
+
+    with running_server(model_path) as server:      # ready when the block starts
+        client = tritonclient.http.InferenceServerClient(server.http_address)
+        ...
+    # stopped with SIGTERM; its exit code, processes and shared memory checked
+
+``start_server``/``stop_server`` do the same in two steps, for tests that send the signal
+themselves or look at the output. Every process started here is stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 180.0  # two cores shared with other work: loading can take a while
+STOP_TIMEOUT_S = 90.0
+POLL_S = 0.2
+SHM = Path("/dev/shm")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on the loopback now (held open together while chosen)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+@dataclass
+class ServedProcess:
+    """A running `resnet-deploy serve` and what it started."""
+
+    process: subprocess.Popen
+    name: str  # the tensor model's name
+    image_name: str | None
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    folder: Path  # stdout.txt and stderr.txt of the server
+    children: list[int] = field(default_factory=list)  # tritonserver and its backend stubs
+    shm: set[Path] = field(default_factory=set)  # /dev/shm segments its processes mapped
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def http_address(self) -> str:  # tritonclient.http's url
+        return f"{HOST}:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:  # tritonclient.grpc's url
+        return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}/metrics"
+
+    def ready(self, model: str | None = None) -> bool:
+        """The model's own readiness endpoint answers 200 (the server's answers too early)."""
+        url = f"http://{self.http_address}/v2/models/{model or self.name}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5.0) as response:
+            return response.read().decode()
+
+    def stdout(self) -> str:
+        return (self.folder / "stdout.txt").read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return (self.folder / "stderr.txt").read_text(errors="replace")
+
+    def record_resources(self) -> None:
+        """Remember the child processes and shared memory now in use, to check after stop."""
+        for pid in descendants(self.pid):
+            if pid not in self.children:
+                self.children.append(pid)
+        for pid in [self.pid, *self.children]:
+            self.shm |= mapped_shm(pid)
+
+
+def serve_command(model: Path, *args: str) -> list[str]:
+    """The command line of `resnet-deploy serve`, run by this interpreter."""
+    code = "from resnet_deploy.cli import main; main(prog_name='resnet-deploy')"
+    return [sys.executable, "-c", code, "serve", str(model), *args]
+
+
+def start_server(
+    model: Path,
+    *args: str,
+    name: str = "resnet18",
+    image_model: bool = True,
+    timeout_s: float = START_TIMEOUT_S,
+) -> ServedProcess:
+    """Start `resnet-deploy serve MODEL ARGS` on free loopback ports; return once ready.
+
+    ``name`` is the model name the server will use (the export's arch unless ``--name`` is in
+    ``args``). Raises AssertionError with the server's stderr if it exits or is not ready in
+    ``timeout_s``; the process is then already stopped.
+    """
+    http, grpc, metrics = free_ports(3)
+    folder = Path(tempfile.mkdtemp(prefix="serve-test-"))
+    command = serve_command(model, "--host", HOST, "--http-port", str(http), "--grpc-port")
+    command += [str(grpc), "--metrics-port", str(metrics), *args]
+    with open(folder / "stdout.txt", "wb") as out, open(folder / "stderr.txt", "wb") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    server = ServedProcess(
+        process, name, f"{name}_image" if image_model else None, http, grpc, metrics, folder
+    )
+    deadline = time.monotonic() + timeout_s
+    models = [m for m in (server.name, server.image_name) if m]
+    while not all(server.ready(m) for m in models):
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.record_resources()
+            stop_server(server, signal.SIGKILL)
+            raise AssertionError(
+                f"server not ready (exit code {process.returncode}): {server.stderr()[-2000:]}"
+            )
+        time.sleep(POLL_S)
+    server.record_resources()
+    return server
+
+
+def stop_server(
+    server: ServedProcess, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S
+) -> int:
+    """Signal the server by its PID and wait; SIGKILL it (and its children) past ``timeout_s``.
+
+    Returns its exit code (negative: killed by that signal).
+    """
+    if server.process.poll() is None:
+        server.record_resources()
+        server.process.send_signal(sig)
+        try:
+            server.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            for pid in [server.pid, *server.children]:
+                kill(pid)
+            server.process.wait(10)
+    return server.process.returncode
+
+
+def leftovers(server: ServedProcess, wait_s: float = 10.0) -> tuple[list[int], list[Path]]:
+    """Child processes still alive and shared-memory segments still present after a stop.
+
+    Waits up to ``wait_s`` for them to go: a stub may take a moment after tritonserver exits.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [pid for pid in server.children if running(pid)]
+        segments = sorted(p for p in server.shm | own_segments(server.pid) if p.exists())
+        if (not alive and not segments) or time.monotonic() > deadline:
+            return alive, segments
+        time.sleep(POLL_S)
+
+
+def assert_clean_exit(server: ServedProcess, code: int) -> None:
+    """Exit code 0, no process and no /dev/shm segment left behind; kills what is left."""
+    alive, segments = leftovers(server)
+    for pid in alive:
+        kill(pid)
+    assert code == 0, f"exit code {code}: {server.stderr()[-2000:]}"
+    assert not alive, f"processes left behind: {alive}"
+    assert not segments, f"shared memory left behind: {segments}"
+
+
+@contextmanager
+def running_server(
+    model: Path, *args: str, stop_signal: int = signal.SIGTERM, **options: object
+) -> Iterator[ServedProcess]:
+    """A ready server for the block; stopped (SIGTERM) after it and checked to be clean."""
+    server = start_server(model, *args, **options)
+    try:
+        yield server
+    finally:
+        code = stop_server(server, stop_signal)
+    assert_clean_exit(server, code)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = read(entry / "stat")
+            if stat:
+                ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def mapped_shm(pid: int) -> set[Path]:
+    """The /dev/shm files process ``pid`` has mapped."""
+    maps = read(Path(f"/proc/{pid}/maps")) or ""
+    return {
+        Path(line.split(None, 5)[5].removesuffix(" (deleted)"))
+        for line in maps.splitlines()
+        if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith(f"{SHM}/")
+    }
+
+
+def own_segments(pid: int) -> set[Path]:
+    """The Python backend's regions, which it names after the process that started Triton."""
+    return set(SHM.glob(f"pytrtion{pid}-*")) if SHM.is_dir() else set()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    stat = read(Path(f"/proc/{pid}/stat"))
+    return bool(stat) and stat[stat.rfind(")") + 2] != "Z"
+
+
+def kill(pid: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None

@@ -1,0 +1,446 @@
+"""`resnet-deploy serve`: a real tritonserver on loopback, driven by tritonclient and raw HTTP.
+
+Two servers are started in this module (each takes ~15 s here): one shared by the read-only
+tests and stopped with SIGINT at the end, one for overload and then SIGTERM with requests in
+flight. Every request loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from click.testing import CliRunner
+from PIL import Image
+from serving import (  # tests/ is on sys.path under pytest's default import mode
+    ServedProcess,
+    assert_clean_exit,
+    free_ports,
+    running_server,
+    start_server,
+    stop_server,
+)
+from tritonclient.utils import InferenceServerException
+
+pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)")
+
+from resnet_deploy.cli import main
+from resnet_deploy.errors import ProviderError
+from resnet_deploy.predict import PredictOptions, predict
+from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.serve import (
+    ServeOptions,
+    check_options,
+    decode_image,
+    log_cause,
+    put_libpython_first,
+    restore_library_path,
+)
+from resnet_deploy.triton import TritonOptions, parse_config, write_model_repository
+
+ATOL = 1e-4  # the same ONNX Runtime on the same inputs; batching may change summation order
+CLIENT_TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def model(exported) -> Path:
+    return exported("resnet18").output
+
+
+@pytest.fixture(scope="module")
+def reference(model: Path) -> Callable[[np.ndarray], np.ndarray]:
+    session = create_session(model, SessionConfig())
+    return lambda batch: session.run(["logits"], {"input": batch})[0]
+
+
+@pytest.fixture(scope="module")
+def server(model: Path):
+    """The shared server; its SIGINT stop at the end must be clean too."""
+    with running_server(model, stop_signal=signal.SIGINT) as server:
+        yield server
+
+
+def batch(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((size, 3, 224, 224), np.float32)
+
+
+def http_infer(server: ServedProcess, x: np.ndarray, binary: bool = True) -> np.ndarray:
+    client = httpclient.InferenceServerClient(server.http_address, network_timeout=CLIENT_TIMEOUT_S)
+    try:
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        output = httpclient.InferRequestedOutput("logits", binary_data=binary)
+        return client.infer(server.name, [tensor], outputs=[output]).as_numpy("logits")
+    finally:
+        client.close()
+
+
+def grpc_infer(server: ServedProcess, x: np.ndarray) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    try:
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(server.name, [tensor], client_timeout=CLIENT_TIMEOUT_S)
+        return result.as_numpy("logits")
+    finally:
+        client.close()
+
+
+def metric(server: ServedProcess, name: str, model: str) -> float:
+    pattern = rf'^{name}{{model="{re.escape(model)}",version="1"}} (\S+)$'
+    found = re.search(pattern, server.metrics(), re.M)
+    assert found, f"{name} for {model} not in the metrics"
+    return float(found[1])
+
+
+def metric_reaching(server: ServedProcess, name: str, model: str, target: float) -> float:
+    """The metric once it reaches ``target``, or its value after 10 s: Triton updates its
+    counters a moment after a response is sent."""
+    deadline = time.monotonic() + 10
+    while (value := metric(server, name, model)) < target and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
+def post(
+    server: ServedProcess, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        connection.request("POST", path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def json_request(
+    shape: list[int], datatype: str = "FP32", name: str = "input"
+) -> tuple[bytes, dict[str, str]]:
+    count = int(np.prod(shape))
+    tensor = {"name": name, "shape": shape, "datatype": datatype, "data": [0.0] * count}
+    return json.dumps({"inputs": [tensor]}).encode(), {"Content-Type": "application/json"}
+
+
+def binary_request(shape: list[int]) -> tuple[bytes, dict[str, str]]:
+    """KServe v2's binary extension: a JSON header, then the raw float32 bytes."""
+    data = np.zeros(shape, np.float32).tobytes()
+    tensor = {"name": "input", "shape": shape, "datatype": "FP32"}
+    tensor["parameters"] = {"binary_data_size": len(data)}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    return header + data, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def jpeg(seed: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def classify(server: ServedProcess, images: list[bytes]) -> dict[str, np.ndarray]:
+    client = httpclient.InferenceServerClient(server.http_address, network_timeout=CLIENT_TIMEOUT_S)
+    try:
+        data = np.array([[image] for image in images], dtype=object)
+        tensor = httpclient.InferInput("image", list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        result = client.infer(server.image_name, [tensor])
+        names = ("classes", "class_indices", "probabilities", "error")
+        return {name: result.as_numpy(name) for name in names}
+    finally:
+        client.close()
+
+
+def in_threads(count: int, work: Callable[[int], object]) -> list[object]:
+    """``work(i)`` in ``count`` threads released together; each result or the exception raised."""
+    results: list[object] = [None] * count
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # a rejection is a result here, not a test failure
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=2 * CLIENT_TIMEOUT_S)
+    assert not any(t.is_alive() for t in threads), "a client never returned"
+    return results
+
+
+# --- against the shared server ---------------------------------------------------------------
+
+
+def test_http_and_grpc_equal_in_process(server, reference):
+    x = batch(3)
+    expected = reference(x)
+    np.testing.assert_allclose(http_infer(server, x), expected, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(http_infer(server, x, binary=False), expected, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(grpc_infer(server, x), expected, atol=ATOL, rtol=0)
+
+
+def test_served_config_is_what_triton_writes(server, model, tmp_path):
+    written = write_model_repository(model, TritonOptions(repo=tmp_path / "repo"))
+    repo_config = parse_config(written.config_file.read_text())
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    try:
+        served = client.get_model_config(server.name).config
+    finally:
+        client.close()
+    assert served.name == repo_config.name
+    assert served.max_batch_size == repo_config.max_batch_size
+    for kind in ("input", "output"):
+        pairs = list(zip(getattr(served, kind), getattr(repo_config, kind), strict=True))
+        for got, want in pairs:
+            assert (got.name, got.data_type, list(got.dims)) == (
+                want.name,
+                want.data_type,
+                list(want.dims),
+            )
+    batching, repo_batching = served.dynamic_batching, repo_config.dynamic_batching
+    assert list(batching.preferred_batch_size) == list(repo_batching.preferred_batch_size)
+    assert batching.max_queue_delay_microseconds == repo_batching.max_queue_delay_microseconds
+    assert batching.default_queue_policy.max_queue_size == ServeOptions().max_queue_size
+
+
+def test_concurrent_clients_are_batched(server, reference):
+    clients, rounds = 16, 3
+    x = batch(1, seed=1)
+    expected = reference(x)
+    before = metric(server, "nv_inference_count", server.name)
+    before_exec = metric(server, "nv_inference_exec_count", server.name)
+
+    def work(i: int) -> int:
+        for _ in range(rounds):
+            np.testing.assert_allclose(grpc_infer(server, x), expected, atol=ATOL, rtol=0)
+        return rounds
+
+    results = in_threads(clients, work)
+    assert results == [rounds] * clients, results
+    inferences = metric_reaching(
+        server, "nv_inference_count", server.name, before + clients * rounds
+    )
+    inferences -= before
+    executions = metric(server, "nv_inference_exec_count", server.name) - before_exec
+    assert inferences == clients * rounds
+    assert executions < inferences, "no batch of two or more requests was formed"
+
+
+def test_image_model_matches_predict(server, model, tmp_path):
+    images = [jpeg(seed) for seed in range(3)]
+    result = classify(server, images)
+    files = []
+    for i, data in enumerate(images):
+        files.append(tmp_path / f"{i}.jpg")
+        files[-1].write_bytes(data)
+    report = predict(model, files, PredictOptions(top=5))
+    for row, prediction in enumerate(report.predictions):
+        assert result["error"][row, 0] == b""
+        assert [s.class_index for s in prediction.top] == list(result["class_indices"][row])
+        assert [s.class_name.encode() for s in prediction.top] == list(result["classes"][row])
+        expected = [s.probability for s in prediction.top]
+        np.testing.assert_allclose(result["probabilities"][row], expected, atol=1e-5)
+
+
+def test_non_image_payload_fails_only_its_own_row(server):
+    result = classify(server, [b"this is not an image", jpeg(), b""])
+    assert b"cannot read image" in result["error"][0, 0]
+    assert result["error"][1, 0] == b""
+    assert result["classes"][1, 0] != b""
+    assert b"empty payload" in result["error"][2, 0]
+    assert list(result["classes"][0]) == [b""] * 5
+    assert server.ready(server.image_name)
+
+
+@pytest.mark.parametrize(
+    ("request_", "status", "message"),
+    [
+        (binary_request([1, 3, 100, 100]), 400, "unexpected shape for input 'input'"),
+        (json_request([1, 3, 224, 224], "FP64"), 400, "data-type is 'FP64'"),
+        (json_request([1, 3, 224, 224], name="pixels"), 400, "unexpected inference input"),
+        (binary_request([0, 3, 224, 224]), 400, "input byte size mismatch"),
+        (binary_request([33, 3, 224, 224]), 400, "batch-size must be <= 32"),
+        ((b'{"inputs": [ ', {}), 500, "failed to parse the request JSON"),
+    ],
+    ids=["shape", "dtype", "name", "empty-batch", "oversized-batch", "malformed-json"],
+)
+def test_bad_request_is_a_clear_error(server, request_, status, message):
+    code, text = post(server, f"/v2/models/{server.name}/infer", *request_)
+    assert code == status and message in text, text
+    assert server.ready()
+
+
+def test_unknown_model_is_a_clear_error(server):
+    code, text = post(server, "/v2/models/resnet9000/infer", *binary_request([1, 3, 224, 224]))
+    assert code == 404 and "unknown model" in text
+
+
+def test_client_disconnecting_mid_request_leaves_server_healthy(server, reference):
+    body, _ = binary_request([2, 3, 224, 224])
+    head = (
+        f"POST /v2/models/{server.name}/infer HTTP/1.1\r\nHost: x\r\n"
+        f"Inference-Header-Content-Length: {len(body) - 2 * 3 * 224 * 224 * 4}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    for payload in (head + body[: len(body) // 2], head + body):  # half a body; whole, unread
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as raw:
+            raw.sendall(payload)
+    x = batch(1, seed=2)
+    np.testing.assert_allclose(http_infer(server, x), reference(x), atol=ATOL, rtol=0)
+    assert server.ready()
+
+
+# --- a second server: overload, then SIGTERM with requests in flight ------------------------
+
+
+def test_overload_rejects_clearly_then_sigterm_drains(model, reference):
+    args = ("--max-queue-size", "2", "--max-batch-size", "4", "--max-queue-delay-us", "0")
+    server = start_server(model, *args)
+    try:
+        x = batch(4, seed=3)
+        expected = reference(x)
+        ok = rejected = 0
+        for _ in range(3):  # the queue fills as soon as clients outnumber it; bounded retries
+            before = metric(server, "nv_inference_request_success", server.name)
+            results = in_threads(16, lambda i: grpc_infer(server, x))
+            for result in results:
+                if isinstance(result, InferenceServerException):
+                    assert "Exceeds maximum queue size" in result.message(), result
+                else:
+                    assert isinstance(result, np.ndarray), result
+                    np.testing.assert_allclose(result, expected, atol=ATOL, rtol=0)
+            ok = sum(isinstance(r, np.ndarray) for r in results)
+            rejected = len(results) - ok
+            successes = metric_reaching(
+                server, "nv_inference_request_success", server.name, before + ok
+            )
+            successes -= before
+            assert successes == ok, "the server counts other successes than the clients saw"
+            if rejected:
+                break
+        assert rejected >= 1 and ok >= 1
+        np.testing.assert_allclose(grpc_infer(server, x), expected, atol=ATOL, rtol=0)
+
+        # SIGTERM while requests are queued and running: each is still answered correctly.
+        answers: list[object] = []
+        flight = threading.Thread(
+            target=lambda: answers.extend(in_threads(3, lambda i: http_infer(server, x)))
+        )
+        flight.start()
+        deadline = time.monotonic() + 30
+        while metric(server, "nv_inference_pending_request_count", server.name) < 1:
+            assert flight.is_alive() and time.monotonic() < deadline, "no request seen in flight"
+            time.sleep(0.01)
+        stop_server(server, signal.SIGTERM)
+        flight.join(timeout=2 * CLIENT_TIMEOUT_S)
+        assert len(answers) == 3
+        for answer in answers:
+            assert isinstance(answer, np.ndarray), answer
+            np.testing.assert_allclose(answer, expected, atol=ATOL, rtol=0)
+        assert "stopped by SIGTERM" in server.stdout()
+    finally:
+        code = stop_server(server)
+    assert_clean_exit(server, code)
+
+
+# --- no server needed ----------------------------------------------------------------------
+
+
+def test_port_in_use_is_a_one_line_error(model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        grpc, metrics = free_ports(2)
+        args = ["serve", str(model), "--http-port", str(port), "--grpc-port", str(grpc)]
+        result = CliRunner().invoke(main, [*args, "--metrics-port", str(metrics)])
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is in use (--http-port)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unavailable_provider_is_the_provider_error(model):
+    try:
+        create_session(model, SessionConfig(provider="cuda"))
+    except ProviderError:
+        pass
+    else:
+        pytest.skip("CUDA runs here")
+    ports = [str(p) for p in free_ports(3)]
+    args = ["serve", str(model), "--provider", "cuda", "--http-port", ports[0]]
+    result = CliRunner().invoke(main, [*args, "--grpc-port", ports[1], "--metrics-port", ports[2]])
+    assert result.exit_code == 2
+    assert "CUDAExecutionProvider" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_file_onnx_runtime_cannot_load_fails_before_any_server(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    ports = [str(p) for p in free_ports(3)]
+    args = ["serve", str(bad), "--http-port", ports[0], "--grpc-port", ports[1]]
+    result = CliRunner().invoke(main, [*args, "--metrics-port", ports[2]])
+    assert result.exit_code == 2 and "not an ONNX model" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (ServeOptions(http_port=0), "--http-port must be between"),
+        (ServeOptions(grpc_port=8000), "ports must differ"),
+        (ServeOptions(max_queue_size=-1), "--max-queue-size"),
+        (ServeOptions(instances=0), "--instances"),
+        (ServeOptions(top_k=1001), "--top"),
+        (ServeOptions(provider="quantum"), "unknown provider"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(Exception, match=re.escape(message)):
+        check_options(options)
+
+
+def test_decode_image_names_what_was_sent(exported):
+    metadata = exported("resnet18").metadata
+    with pytest.raises(Exception, match=r"cannot read image .*12 bytes, first b'not an i'"):
+        decode_image(b"not an image", metadata)
+    assert decode_image(jpeg(), metadata).shape == (3, 224, 224)
+
+
+def test_libpython_dir_goes_first_and_is_restored(monkeypatch):
+    import sysconfig
+
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
+    saved = put_libpython_first()
+    import os
+
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        libdir = sysconfig.get_config_var("LIBDIR")
+        assert os.environ["LD_LIBRARY_PATH"] == f"{libdir}:/somewhere"
+        restore_library_path(saved)
+    assert os.environ["LD_LIBRARY_PATH"] == "/somewhere"
+
+
+def test_log_cause_skips_the_noise():
+    log = (
+        'E1130 04:30:19.986 1 model_repository_manager.cc:470] "Failed to set config '
+        'modification time: model_config_content_name_ is empty"\n'
+        "E1130 04:30:20.000 1 model_lifecycle.cc:1] \"failed to load 'resnet18': boom\"\n"
+    )
+    assert log_cause(log) == "failed to load 'resnet18': boom"
+    assert log_cause("I1130 all good\n") is None
