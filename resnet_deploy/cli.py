@@ -75,11 +75,18 @@ class Group(click.Group):
             if ctx.meta.get("debug"):
                 raise
             terminated = isinstance(exc, Terminated)
+            code = EXIT_SIGTERM if terminated else EXIT_SIGINT
             click.echo(
                 f"\n{'Terminated' if terminated else 'Interrupted'}; nothing was written.",
                 err=True,
             )
-            sys.exit(EXIT_SIGTERM if terminated else EXIT_SIGINT)
+            if getattr(exc, "native_work_running", False):
+                # Native threads that cannot be stopped (LoadGen's) would call into an
+                # interpreter shutting down; our files are already removed, so end here.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            sys.exit(code)
         finally:
             signal.signal(signal.SIGTERM, previous)
 

@@ -51,13 +51,15 @@ def available_bytes() -> int:
     return max(available, 0)
 
 
-def check_fits(needed: int, what: str) -> None:
+def check_fits(
+    needed: int, what: str, advice: str = "use a smaller batch size or image size"
+) -> None:
     """Refuse work whose estimate exceeds what is available, naming both figures."""
     available = available_bytes()
     if needed > available:
         raise InputError(
             f"{what} needs about {_gib(needed)} of memory, more than the {_gib(available)} "
-            "available here; use a smaller batch size or image size"
+            f"available here; {advice}"
         )
 
 

@@ -265,6 +265,35 @@ def test_sigterm_during_quantization_removes_its_temporary_models(files, tmp_pat
     assert leftovers(tmpdir) == []
 
 
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_loadgen_run_stops_cleanly_on_a_signal(files, tmp_path: Path, stop, code) -> None:
+    """LoadGen cannot be aborted; the run must still end with the right code, no crash, and
+    no temporary log folder left."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    args = [str(files["model"]), "--scenario", "server", "--target-qps", "5"]
+    command = [sys.executable, "-m", "resnet_deploy", "bench", *args, "--min-duration", "120"]
+    env = os.environ | {"TMPDIR": str(tmpdir)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in process.stderr:  # bounded: the run lasts 120 s at most, then ends
+            seen.append(line)
+            if "LoadGen Server" in line:
+                time.sleep(3)  # LoadGen is issuing queries by now
+                process.send_signal(stop)
+                break
+        seen.append(process.stderr.read())
+        assert process.wait(timeout=60) == code, "".join(seen)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = "".join(seen)
+    assert "Traceback" not in output and "terminate called" not in output, output
+    assert leftovers(tmpdir) == []
+
+
 # --- 5. metadata is untrusted input ----------------------------------------------------------
 
 BAD_METADATA = {
@@ -430,6 +459,13 @@ def test_a_batch_that_cannot_fit_is_refused_before_allocating(files) -> None:
         ["optimize", "{model}", "--precision", "int8", "--guard-samples", "0"],
     ],
 )
+def test_a_loadgen_target_whose_schedule_cannot_fit_is_refused_up_front(files) -> None:
+    args = ["--scenario", "server", "--target-qps", "900000", "--min-duration", "3600"]
+    line = one_line_error(invoke("bench", files["model"], *args))
+    assert "LoadGen's schedule of 3.24e+09 queries (900000/s for 3600 s) needs about" in line
+    assert line.endswith("lower --target-qps or --min-duration")
+
+
 def test_out_of_range_options_are_parse_time_errors(files, args) -> None:
     result = invoke(*[a.format(model=files["model"]) for a in args])
     assert result.exit_code == 2 and "Invalid value for" in result.output, result.output

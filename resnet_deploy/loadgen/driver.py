@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,6 +118,38 @@ def run_scenario(
     return result
 
 
+def run_interruptibly(start_test: Callable[..., None], *args: Any) -> None:
+    """Run LoadGen's blocking ``StartTest`` so that Ctrl-C and SIGTERM stop it cleanly.
+
+    Python raises KeyboardInterrupt in the main thread; if that thread were inside StartTest,
+    it would surface in a callback LoadGen makes into Python and crash the process (SIGSEGV).
+    So the test runs in a worker thread while the main thread waits in Python, where the
+    interrupt lands harmlessly. LoadGen has no way to abort a test, so the interrupt is passed
+    on marked ``native_work_running``: the caller removes its files as the exception unwinds,
+    and the CLI then ends the process without waiting for LoadGen's threads.
+    """
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            start_test(*args)
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=start, name="loadgen", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt as interrupt:
+        for stop in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut the cleanup
+            signal.signal(stop, signal.SIG_IGN)
+        interrupt.native_work_running = True  # type: ignore[attr-defined]
+        raise
+    if failure:
+        raise failure[0]
+
+
 def _import_loadgen() -> Any:
     try:
         import mlperf_loadgen
@@ -133,7 +167,10 @@ def _log_folder(log_dir: Path | None) -> Iterator[Path]:
         Path(log_dir).mkdir(exist_ok=True)
         yield Path(log_dir)
         return
-    with tempfile.TemporaryDirectory(prefix="resnet-deploy-loadgen-") as folder:
+    # LoadGen may still be writing there when an interrupt removes it: ignore what it adds
+    with tempfile.TemporaryDirectory(
+        prefix="resnet-deploy-loadgen-", ignore_cleanup_errors=True
+    ) as folder:
         yield Path(folder)
 
 
@@ -355,17 +392,27 @@ def _run_test(
     sut_handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
     performance_count = min(library.count, PERFORMANCE_SAMPLES)
     qsl_handle = lg.ConstructQSL(library.count, performance_count, library.load, library.unload)
+    loadgen_running = False
     try:
         with sut.serving():
             # LoadGen reads audit.config from the current directory unless given another path;
             # a path in our log folder (where there is none) keeps a stray one from applying
-            lg.StartTestWithLogSettings(
-                sut_handle, qsl_handle, settings, log_settings, str(logs / "audit.config")
+            run_interruptibly(
+                lg.StartTestWithLogSettings,
+                sut_handle,
+                qsl_handle,
+                settings,
+                log_settings,
+                str(logs / "audit.config"),
             )
+    except KeyboardInterrupt as interrupt:
+        loadgen_running = getattr(interrupt, "native_work_running", False)
+        raise
     finally:
-        lg.DestroyQSL(qsl_handle)
-        lg.DestroySUT(sut_handle)
-        library.unload(list(library.loaded))
+        if not loadgen_running:  # LoadGen's threads still use them: they end with the process
+            lg.DestroyQSL(qsl_handle)
+            lg.DestroySUT(sut_handle)
+            library.unload(list(library.loaded))
     if sut.error is not None:
         raise ResnetDeployError(
             f"inference failed during the LoadGen run: {sut.error}"
@@ -396,7 +443,7 @@ def _test_settings(
         min_queries = options.min_queries or QUICK_MIN_QUERIES.get(scenario)
         if min_queries is not None:
             settings.min_query_count = min_queries
-        bound_ms = options.latency_bound_ms or DEFAULT_LATENCY_BOUND_MS
+        bound_ms = _latency_bound_ms(options)
         settings.server_target_latency_ns = round(bound_ms * 1e6)
         settings.multi_stream_samples_per_query = MULTISTREAM_SAMPLES
     settings.scenario = getattr(lg.TestScenario, scenario)
@@ -451,7 +498,7 @@ def _find_peak(
     A step must run LoadGen's minimum query count, so a low target means a long step: the
     search stops above the QPS at which one step would take more than MAX_PEAK_STEP_S.
     """
-    bound_ms = options.latency_bound_ms or DEFAULT_LATENCY_BOUND_MS
+    bound_ms = _latency_bound_ms(options)
     if prepared.single_latency_ms > bound_ms:
         raise ResnetDeployError(
             f"--find-peak: one sample alone takes {prepared.single_latency_ms:.1f} ms here "
@@ -494,3 +541,8 @@ def _find_peak(
     else:
         result.notes.append(f"highest VALID target QPS of {len(steps)} steps: {low:g}")
     return result
+
+
+def _latency_bound_ms(options: ScenarioOptions) -> float:
+    bound = options.latency_bound_ms
+    return DEFAULT_LATENCY_BOUND_MS if bound is None else bound

@@ -9,6 +9,7 @@ from resnet_deploy.bench import BenchOptions, check_options
 from resnet_deploy.endpoint import EndpointOptions, check_endpoint
 from resnet_deploy.environment import Environment
 from resnet_deploy.errors import InputError
+from resnet_deploy.memory import check_fits
 from resnet_deploy.metadata import ModelMetadata
 
 SCENARIOS = {
@@ -19,6 +20,10 @@ SCENARIOS = {
 }
 MLPERF_MODEL = "resnet50"  # whose rules --official applies, from LoadGen's built-in mlperf.conf
 QUICK_MIN_DURATION_S = 5.0
+OFFICIAL_MIN_DURATION_S = 600.0
+# Measured: a Server run at 1e6 QPS for 5 s (5 million scheduled queries) peaked at 2.2 GiB with
+# a SUT that answers at once, 1e5 QPS at 171 MiB: about 450 bytes a query, rounded up.
+LOADGEN_BYTES_PER_QUERY = 512
 # The fewest queries with which LoadGen's early-stopping test can pass (LoadGen 6.0 names these
 # in its summary when a run has fewer), so that a quick run long enough is VALID. Offline's
 # minimum counts samples and LoadGen's own default (one query) is kept.
@@ -200,4 +205,22 @@ def check_scenario_options(options: ScenarioOptions) -> str:
         earlier = [*log_dir.glob("mlperf_log_*"), *log_dir.glob("step-*")]
         if earlier and not options.force:
             raise InputError(f"{log_dir}: holds LoadGen logs already (pass --force to overwrite)")
+    _check_schedule_fits(scenario, options)
     return scenario
+
+
+def _check_schedule_fits(scenario: str, options: ScenarioOptions) -> None:
+    """LoadGen lays out a whole Server run's arrivals (and an Offline query's samples) before the
+    first one is issued, so an absurd target fills memory before any verdict can come."""
+    if scenario not in ("Server", "Offline") or options.target_qps is None:
+        return
+    duration_s = options.min_duration_s or (
+        OFFICIAL_MIN_DURATION_S if options.official else QUICK_MIN_DURATION_S
+    )
+    queries = options.target_qps * duration_s
+    check_fits(
+        round(queries * LOADGEN_BYTES_PER_QUERY),
+        f"LoadGen's schedule of {queries:.3g} queries ({options.target_qps:g}/s for "
+        f"{duration_s:g} s)",
+        advice="lower --target-qps or --min-duration",
+    )
