@@ -608,6 +608,9 @@ def predict_command(
     help="Folder for model.onnx and the reports.",
 )
 @click.option("--force", is_flag=True, help="Replace a folder that already holds files.")
+@click.option(
+    "--int8", is_flag=True, help="Also quantize to int8 (guarded), bench it, compare with fp32."
+)
 @json_option()
 def run(
     arch: str,
@@ -621,9 +624,11 @@ def run(
     baseline: str,
     folder: Path,
     force: bool,
+    int8: bool,
     json_out: str | None,
 ) -> None:
-    """Export, verify and bench in one go, with every artifact in one folder.
+    """Export, verify and bench in one go, with every artifact in one folder, and a page
+    (FOLDER/report.html) that shows it all.
 
     Stops before the bench (exit 1) when the export does not verify.
 
@@ -632,6 +637,7 @@ def run(
       resnet-deploy run
       resnet-deploy run --variant seed --weights tutorial.pth -o seed-run
       resnet-deploy run --provider cuda --batch-sizes 1,32
+      resnet-deploy run --int8
     """
     from resnet_deploy.pipeline import RunOptions, format_run, run_pipeline
 
@@ -646,6 +652,7 @@ def run(
         batch_sizes=batch_sizes,
         duration_s=duration_s,
         baseline=baseline,
+        int8=int8,
         force=force,
     )
     report = run_pipeline(options, progress=progress)
@@ -735,3 +742,25 @@ def optimize(
     emit_json(result, json_out)
     if json_out != "-":
         click.echo(format_result(result))
+
+
+@main.command("page")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Page to write [default: FOLDER/report.html].",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing page.")
+def page(folder: Path, output: Path | None, force: bool) -> None:
+    """Render a run folder's page again, from its report.json and any profile or tune records.
+
+    \b
+    Examples:
+      resnet-deploy page resnet-deploy-run --force
+      resnet-deploy page resnet-deploy-run -o team-report.html
+    """
+    from resnet_deploy.html_report import write_page
+
+    click.echo(f"wrote {write_page(folder, output=output, force=force)}")
