@@ -191,7 +191,8 @@ def headline(record: dict[str, Any]) -> str:
             'few runs): see the <a href="#bench">warnings</a> before quoting a number.</p>'
         )
     lines.append(f"<p><strong>Deploy:</strong> {recommendation(record)}</p>")
-    return f'<div class="verdict pass">{"".join(lines)}</div>'
+    state = "pass" if passed(record) else "fail"  # verified, but int8 refused by its guard
+    return f'<div class="verdict {state}">{"".join(lines)}</div>'
 
 
 def recommendation(record: dict[str, Any]) -> str:
@@ -907,8 +908,8 @@ details summary { cursor: default; color: var(--muted); font-size: 13px; }
   table { font-size: 8.5pt; } th, td { padding: 1px 6px; }
   tr, figure, .divergence, .verdict, .card { break-inside: avoid; }
   .scroll { overflow: visible; }
-  .charts { grid-template-columns: 1fr 1fr; }
-  figure svg, figure img { max-width: 100%; }
+  .charts { display: block; }  /* one chart a row: tick labels stay readable on paper */
+  figure svg, figure img { max-width: 560px; }
   a { color: inherit; text-decoration: none; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
