@@ -56,7 +56,13 @@ def write_page(folder: Path, *, output: Path | None = None, force: bool = False)
         raise InputError(f"{source}: not a JSON record ({exc})") from None
     if not isinstance(record, dict) or not {"export", "verify"} <= record.keys():
         raise InputError(f"{source}: not the record of a `resnet-deploy run`")
-    write_text_atomic(output, render_page(record, folder))
+    try:
+        page = render_page(record, folder)
+    except (KeyError, TypeError, AttributeError) as exc:  # a record of another shape or version
+        raise InputError(
+            f"{source}: lacks what the page shows ({type(exc).__name__}: {exc})"
+        ) from None
+    write_text_atomic(output, page)
     return output
 
 
@@ -65,15 +71,16 @@ def render_page(record: dict[str, Any], folder: Path) -> str:
     meta = record["export"]["metadata"]
     verdict = "PASS" if passed(record) else "FAIL"
     title = f"{meta['arch']} ({meta['variant']}) {meta['precision']}: {verdict}"
+    extras = {name: extra_section(folder, name) for name in EXTRAS}
+    extras = {name: section for name, section in extras.items() if section}
     sections = [
-        header(record, verdict),
+        header(record, verdict, list(extras)),
         verify_section(record["verify"]),
         bench_section(record),
     ]
     if record.get("optimize"):
         sections.append(int8_section(record))
-    sections += [extra_section(folder, name) for name in EXTRAS]
-    sections.append(files_section(record))
+    sections += [*extras.values(), files_section(record, folder)]
     body = "\n".join(s for s in sections if s)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -95,7 +102,7 @@ def passed(record: dict[str, Any]) -> bool:
 # ---- header -------------------------------------------------------------------------------
 
 
-def header(record: dict[str, Any], verdict: str) -> str:
+def header(record: dict[str, Any], verdict: str, extras: list[str]) -> str:
     export, meta, verify = record["export"], record["export"]["metadata"], record["verify"]
     bench = record.get("bench")
     environment = record.get("environment") or (bench or {}).get("environment") or {}
@@ -142,7 +149,7 @@ def header(record: dict[str, Any], verdict: str) -> str:
         f"{headline(record)}\n"
         f'<div class="facts">{facts("Model", model)}{facts("Machine", machine)}</div>\n'
         + (f'<p class="command">command: <code>{escape(command)}</code></p>\n' if command else "")
-        + contents(record)
+        + contents(record, extras)
         + "</header>"
     )
 
@@ -233,10 +240,11 @@ def facts(title: str, rows: Sequence[tuple[str, str]]) -> str:
     return f'<div class="card"><h2>{escape(title)}</h2><dl>{items}</dl></div>'
 
 
-def contents(record: dict[str, Any]) -> str:
+def contents(record: dict[str, Any], extras: list[str]) -> str:
     links = [("verify", "Verify"), ("bench", "Bench")]
     if record.get("optimize"):
         links.append(("int8", "fp32 and int8"))
+    links += [(name, name.capitalize()) for name in extras]
     links.append(("files", "Files"))
     items = "".join(f'<li><a href="#{anchor}">{text}</a></li>' for anchor, text in links)
     return f"<nav><ul>{items}</ul></nav>\n"
@@ -401,6 +409,8 @@ def layer_chart(layers: list[dict[str, Any]], first: dict[str, Any] | None) -> s
     for i, layer in enumerate(layers):
         if layer["beyond_tolerance"]:
             chart.mark(i, points[i][1], DIVERGED, tips[i], size=5)
+    if any(layer["beyond_tolerance"] for layer in layers):
+        chart.legend.append(("beyond tolerance", DIVERGED))
     if first:
         index = next(i for i, layer in enumerate(layers) if layer["name"] == first["name"])
         chart.mark(index, points[index][1], Style(DIVERGED.color, "", "circle"), tips[index], 7)
@@ -718,16 +728,25 @@ def extra_section(folder: Path, name: str) -> str:
 
 
 def record_tables(data: Any) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Every list of flat records in ``data`` (at the top or one level down), and the top
-    level's plain fields as a one-row table."""
+    """Every list of records in ``data`` (at the top or one level down), each nested flat
+    record as a one-row table, and the top level's plain fields as one more."""
     if is_records(data):
         return [("", data)]
     if not isinstance(data, dict):
         return []
-    tables = [(str(key), value) for key, value in data.items() if is_records(value)]
+    tables = []
+    for key, value in data.items():
+        if is_records(value):
+            tables.append((str(key), value))
+        elif (
+            isinstance(value, dict)
+            and value
+            and not any(isinstance(v, (dict, list)) for v in value.values())
+        ):
+            tables.append((str(key), [value]))
     plain = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-    if plain and tables:
-        tables.insert(0, ("summary", [plain]))
+    if plain:
+        tables.insert(0, ("summary" if tables else "", [plain]))
     return tables
 
 
@@ -772,8 +791,12 @@ def embedded_png(path: Path) -> str:
     )
 
 
-def files_section(record: dict[str, Any]) -> str:
+def files_section(record: dict[str, Any], folder: Path) -> str:
+    """The run's artifacts, then whatever other commands have added to the folder since."""
     names = [Path(p).name for p in record.get("artifacts") or []]
+    names += sorted(
+        p.name for p in folder.iterdir() if p.name not in names and not p.name.startswith(".")
+    )
     items = "".join(f'<li><a href="{escape(n)}">{escape(n)}</a></li>' for n in names)
     return (
         '<section id="files"><h2>Files</h2>'

@@ -265,6 +265,15 @@ def test_profile_and_tune_records_beside_the_run_are_shown_defensively(
     assert "tune.json: not shown" in parse(folder).by_id("tune").text
 
 
+def test_page_needs_a_run_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["page", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no report.json" in result.output
+    (tmp_path / "report.json").write_text("[1, 2]")
+    result = CliRunner().invoke(main, ["page", str(tmp_path)])
+    assert result.exit_code == 2 and "not the record of a `resnet-deploy run`" in result.output
+    assert not (tmp_path / "report.html").exists()
+
+
 def chromium() -> str | None:
     return next(
         (path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None
