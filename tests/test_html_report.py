@@ -24,6 +24,7 @@ from resnet_deploy.cli import main
 from resnet_deploy.html_report import write_page
 from resnet_deploy.pipeline import RunOptions, run_pipeline
 from resnet_deploy.report import format_cell
+from resnet_deploy.svg import Axis, Chart, Style, linear_axis, log_axis, nice_step
 from resnet_deploy.weights import sha256_of
 from tests.test_pipeline import tampered
 
@@ -272,6 +273,35 @@ def test_page_needs_a_run_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["page", str(tmp_path)])
     assert result.exit_code == 2 and "not the record of a `resnet-deploy run`" in result.output
     assert not (tmp_path / "report.html").exists()
+
+
+def test_chart_axes_end_on_round_ticks_and_clamp_what_lies_outside() -> None:
+    assert [nice_step(raw) for raw in (0.37, 1.0, 12.0, 0.0)] == [0.5, 1.0, 20.0, 1.0]
+    linear = linear_axis([3.2, 47.0], label="images/s", zero=True)
+    assert (linear.low, linear.high) == (0.0, 50.0)
+    assert [value for value, _ in linear.tick_marks()] == [0, 10, 20, 30, 40, 50]
+    flat = linear_axis([5.0, 5.0], label="one run")  # a single value still gets a range
+    assert flat.low <= 5.0 < flat.high
+    log = log_axis([2e-6, 0.3, 0.0, float("inf")], label="error")
+    assert (log.low, log.high) == (1e-6, 1.0)
+    assert [label for _, label in log.tick_marks()] == [
+        "1e-6",
+        "1e-5",
+        "1e-4",
+        "1e-3",
+        "0.01",
+        "0.1",
+        "1",
+    ]
+    assert log.fraction(1e-9) == 0.0 and log.fraction(10.0) == 1.0
+    chart = Chart(Axis(0, 1), log, "empty except one series")
+    chart.series([(0.0, 1e-5), (1.0, 1e-3)], Style("#000"), label="a", tips=["x", "y"])
+    svg = Page(chart.render()).root
+    (path,) = svg.all("path", "series")
+    assert len(path.attrs["d"].split("L")) == 2 and [t.text for t in svg.all("title")][1:] == [
+        "x",
+        "y",
+    ]
 
 
 def chromium() -> str | None:
