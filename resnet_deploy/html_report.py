@@ -115,7 +115,7 @@ def header(record: dict[str, Any], verdict: str, extras: list[str]) -> str:
         ("architecture", f"{meta['arch']}, {meta['variant']} variant"),
         ("weights", weights),
         ("file", f"{export['output']} ({export['file_bytes'] / 1e6:.1f} MB)"),
-        ("file sha256", (bench or {}).get("model_sha256", "not benched")),
+        ("file sha256", record.get("model_sha256") or (bench or {}).get("model_sha256", "?")),
         ("precision", f"{meta['precision']}, opset {meta['opset']}, {meta['exporter']} exporter"),
         (
             "input",

@@ -25,7 +25,7 @@ from resnet_deploy.optimize import GuardFailed, OptimizeOptions, OptimizeResult,
 from resnet_deploy.optimize import format_result as format_optimize
 from resnet_deploy.report import to_json, to_record, write_csv
 from resnet_deploy.verify import VerifyOptions, VerifyReport, format_report, verify
-from resnet_deploy.weights import RANDOM
+from resnet_deploy.weights import RANDOM, sha256_of
 
 DEFAULT_FOLDER = Path("resnet-deploy-run")
 
@@ -54,6 +54,7 @@ class RunReport:
     bench: BenchReport | None = None  # None when verification failed
     artifacts: list[Path] = field(default_factory=list)
     command: str = ""  # the run as a command line, every option spelled out
+    model_sha256: str = ""  # of model.onnx, so a shared page names the exact file
     environment: Environment | None = None
     optimize: OptimizeResult | None = None  # with --int8; its output is None if the guard failed
     int8_bench: BenchReport | None = None
@@ -92,6 +93,7 @@ def run_pipeline(
         verify=checked,
         artifacts=[model],
         command=command_line(options),
+        model_sha256=sha256_of(model),
         environment=describe_environment(),
     )
     if checked.passed:

@@ -212,6 +212,7 @@ def test_a_failing_run_page_shows_the_first_divergent_layer(failing: Path) -> No
     (header,) = page.all("header")
     assert "FAIL" in header.all("h1")[0].text
     assert "Do not deploy" in header.text and "layer2.0.conv1" in header.text
+    assert sha256_of(failing / "model.onnx") in header.text
     assert {e.attrs["id"] for e in page.all("section")} == {"verify", "bench", "files"}
 
     (box,) = page.all("div", "divergence")
