@@ -98,6 +98,16 @@ class BatchResult:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class RunTimes:
+    """Every timed run of one engine at one batch size, for latency distributions (the CSV
+    keeps to one row of statistics per batch size)."""
+
+    batch_size: int
+    engine: str  # "onnxruntime" or "torch"
+    latencies_ms: list[float]
+
+
 @dataclass
 class BenchReport:
     model: Path
@@ -113,6 +123,7 @@ class BenchReport:
     input_dtype: str = ""
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)  # as ORT reports
     batches: list[BatchResult] = field(default_factory=list)
+    run_times: list[RunTimes] = field(default_factory=list)
 
 
 def check_options(options: BenchOptions) -> str:
@@ -189,7 +200,11 @@ def bench(
                     progress("building the eager PyTorch model for the baseline")
                     eager.append(rebuild_model(metadata).model)
                 device = "cuda" if on_gpu else "cpu"
-                _bench_torch(eager[0], array, device, result, options, threads, progress)
+                latencies = _bench_torch(
+                    eager[0], array, device, result, options, threads, progress
+                )
+                if latencies:
+                    report.run_times.append(RunTimes(batch, "torch", latencies))
         except ResnetDeployError:
             raise  # bad input or a provider that cannot run: the whole run is wrong
         except Exception as exc:  # one configuration failing (out of memory, ...) is a result
@@ -268,7 +283,8 @@ def _bench_onnxruntime(
     with OrtRunner(session, binding_device=device) as runner:
         del session  # the runner holds the only reference and drops it on exit
         progress(f"batch {batch}: warming up and timing ONNX Runtime")
-        result.first_inference_ms, stats = measure(runner, array, options)
+        result.first_inference_ms, stats, latencies = measure(runner, array, options)
+    report.run_times.append(RunTimes(batch, "onnxruntime", latencies))
     for key, value in stats.items():
         setattr(result, key, value)
     progress(f"batch {batch}: onnxruntime p50 {result.p50_ms:.2f} ms over {result.runs} runs")
@@ -283,12 +299,13 @@ def _bench_torch(
     options: BenchOptions,
     threads: int,
     progress: Callable[[str], None],
-) -> None:
+) -> list[float]:
+    """Fill ``result``'s eager numbers; return every timed run's ms (none when it cannot run)."""
     if device == "cuda" and not torch.cuda.is_available():
         result.warnings.append("no torch baseline: this PyTorch build cannot use the GPU")
-        return
+        return []
     with TorchRunner(model, threads=threads, device=device) as runner:
-        _, stats = measure(runner, array, options)
+        _, stats, latencies = measure(runner, array, options)
     for key in TORCH_FIELDS:
         setattr(result, f"torch_{key}", stats[key])
     result.speedup_vs_torch = result.images_per_s / stats["images_per_s"]
@@ -296,10 +313,13 @@ def _bench_torch(
         f"batch {result.batch_size}: torch eager p50 {stats['p50_ms']:.2f} ms; "
         f"onnxruntime {result.speedup_vs_torch:.2f}x its throughput"
     )
+    return latencies
 
 
-def measure(runner: Any, array: np.ndarray, options: BenchOptions) -> tuple[float, dict]:
-    """First inference in ms, then warm-up, then the timed loop's statistics."""
+def measure(
+    runner: Any, array: np.ndarray, options: BenchOptions
+) -> tuple[float, dict, list[float]]:
+    """First inference in ms, then warm-up, then the timed loop's statistics and each run's ms."""
     feed = runner.place(array)
     start = time.perf_counter()
     runner.infer(feed)
@@ -307,7 +327,7 @@ def measure(runner: Any, array: np.ndarray, options: BenchOptions) -> tuple[floa
     time_runs(runner.infer, feed, **_loop(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S))
     timed = _loop(options.iterations, options.duration_s, DEFAULT_DURATION_S)
     times, wall = time_runs(runner.infer, feed, **timed)
-    return first_ms, summarize(times, wall, len(array))
+    return first_ms, summarize(times, wall, len(array)), [t * 1e3 for t in times]
 
 
 def _loop(runs: int | None, seconds: float | None, default_s: float) -> dict[str, Any]:

@@ -757,6 +757,9 @@ def predict_command(
     help="Folder for model.onnx and the reports [default: resnet-deploy-run].",
 )
 @force_option("Replace a folder that already holds files.")
+@click.option(
+    "--int8", is_flag=True, help="Also quantize to int8 (guarded), bench it, compare with fp32."
+)
 @json_option()
 @writes(
     ["json_out"],
@@ -765,7 +768,8 @@ def predict_command(
     defaults={"folder": lambda options: _default_run_folder()},
 )
 def run(json_out: str | None, force: bool, **options: Any) -> None:
-    """Export, verify and bench in one go, with every artifact in one folder.
+    """Export, verify and bench in one go, with every artifact in one folder, and a page
+    (FOLDER/report.html) that shows it all.
 
     Stops before the bench (exit 1) when the export does not verify.
 
@@ -774,6 +778,7 @@ def run(json_out: str | None, force: bool, **options: Any) -> None:
       resnet-deploy run
       resnet-deploy run --variant seed --weights tutorial.pth -o seed-run
       resnet-deploy run --provider cuda --batch-sizes 1,32
+      resnet-deploy run --int8
     """
     from resnet_deploy.pipeline import RunOptions, format_run, run_pipeline
 
@@ -981,3 +986,20 @@ def serve_command(model: Path, json_out: str | None, force: bool, **options: Any
     emit_json(result, json_out, force=force)
     if json_out != STDOUT:
         click.echo(format_result(result))
+
+
+@main.command("page")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=OUTPUT_FILE, help="Page [default: FOLDER/report.html].")
+@force_option("Overwrite an existing page.")
+def page(folder: Path, output: Path | None, force: bool) -> None:
+    """Render a run folder's page again, from its report.json and any profile or tune records.
+
+    \b
+    Examples:
+      resnet-deploy page resnet-deploy-run --force
+      resnet-deploy page resnet-deploy-run -o team-report.html
+    """
+    from resnet_deploy.html_report import write_page
+
+    click.echo(f"wrote {write_page(folder, output=output, force=force)}")

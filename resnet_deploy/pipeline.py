@@ -1,24 +1,31 @@
-"""The main job in one call: export, verify, bench; every artifact in one folder.
+"""The main job in one call: export, verify, bench (and optimize to int8); every artifact,
+the HTML page among them, in one folder.
 
 Benchmarking a file that does not compute what the eager model computes would produce a
 number about the wrong model, so a failed verification stops the run before the bench.
+Verification localizes layer by layer, so the page can show where a failing file departs.
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from resnet_deploy.bench import BenchOptions, BenchReport, bench, write_plot
 from resnet_deploy.bench import summary as bench_summary
+from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError
 from resnet_deploy.export import ExportOptions, ExportResult, export_model, format_result
 from resnet_deploy.files import check_output_folder, write_text_atomic
-from resnet_deploy.report import to_json, write_csv
+from resnet_deploy.html_report import PAGE_NAME, render_page
+from resnet_deploy.optimize import GuardFailed, OptimizeOptions, OptimizeResult, optimize_model
+from resnet_deploy.optimize import format_result as format_optimize
+from resnet_deploy.report import to_json, to_record, write_csv
 from resnet_deploy.verify import VerifyOptions, VerifyReport, format_report, verify
-from resnet_deploy.weights import RANDOM
+from resnet_deploy.weights import RANDOM, sha256_of
 
 DEFAULT_FOLDER = Path("resnet-deploy-run")
 
@@ -35,6 +42,7 @@ class RunOptions:
     batch_sizes: tuple[int, ...] = (1, 8)
     duration_s: float | None = None  # per batch size; None: bench's default
     baseline: str = "torch"
+    int8: bool = False  # also quantize to int8 (guarded) and bench that file
     force: bool = False
 
 
@@ -45,10 +53,16 @@ class RunReport:
     verify: VerifyReport
     bench: BenchReport | None = None  # None when verification failed
     artifacts: list[Path] = field(default_factory=list)
+    command: str = ""  # the run as a command line, every option spelled out
+    model_sha256: str = ""  # of model.onnx, so a shared page names the exact file
+    environment: Environment | None = None
+    optimize: OptimizeResult | None = None  # with --int8; its output is None if the guard failed
+    int8_bench: BenchReport | None = None
 
     @property
     def passed(self) -> bool:
-        return self.verify.passed and self.bench is not None
+        int8_ok = self.optimize is None or self.optimize.output is not None
+        return self.verify.passed and self.bench is not None and int8_ok
 
 
 def run_pipeline(
@@ -71,28 +85,74 @@ def run_pipeline(
     )
     checked = verify(
         model,
-        VerifyOptions(provider=options.provider),
+        VerifyOptions(provider=options.provider, localize=True),
         progress=lambda step: progress(f"verify: {step}"),
     )
-    report = RunReport(folder=folder, export=exported, verify=checked, artifacts=[model])
+    report = RunReport(
+        folder=folder,
+        export=exported,
+        verify=checked,
+        artifacts=[model],
+        command=command_line(options),
+        model_sha256=sha256_of(model),
+        environment=describe_environment(),
+    )
     if checked.passed:
-        report.bench = bench(
-            model,
-            BenchOptions(
-                provider=options.provider,
-                batch_sizes=options.batch_sizes,
-                duration_s=options.duration_s,
-                baseline=options.baseline,
-            ),
-            progress=lambda step: progress(f"bench: {step}"),
+        timing = BenchOptions(
+            provider=options.provider,
+            batch_sizes=options.batch_sizes,
+            duration_s=options.duration_s,
+            baseline=options.baseline,
         )
+        report.bench = bench(model, timing, progress=lambda step: progress(f"bench: {step}"))
         write_csv(report.bench.batches, folder / "bench.csv")
         write_plot(report.bench, folder / "bench.png")
         report.artifacts += [folder / "bench.csv", folder / "bench.png"]
-    report.artifacts += [folder / "report.json", folder / "report.txt"]
+        if options.int8:
+            run_int8(report, timing, progress)
+    report.artifacts += [folder / name for name in ("report.json", "report.txt", PAGE_NAME)]
     write_text_atomic(folder / "report.json", to_json(report))
     write_text_atomic(folder / "report.txt", format_run(report) + "\n")
+    write_text_atomic(folder / PAGE_NAME, render_page(to_record(report), folder))
     return report
+
+
+def run_int8(report: RunReport, timing: BenchOptions, progress: Callable[[str], None]) -> None:
+    """Quantize the verified file, and bench the result unless the accuracy guard refused it.
+
+    The int8 bench skips the eager baseline: it is the same eager model the fp32 bench timed.
+    """
+    source = report.folder / "model.onnx"
+    try:
+        report.optimize = optimize_model(
+            source,
+            OptimizeOptions(precision="int8", output=report.folder / "model.int8.onnx"),
+            progress=lambda step: progress(f"optimize: {step}"),
+        )
+    except GuardFailed as failed:
+        report.optimize = failed.result
+        return
+    quantized = report.optimize.output
+    report.int8_bench = bench(
+        quantized,
+        replace(timing, baseline="none"),
+        progress=lambda step: progress(f"bench int8: {step}"),
+    )
+    write_csv(report.int8_bench.batches, report.folder / "bench.int8.csv")
+    report.artifacts += [quantized, report.folder / "bench.int8.csv"]
+
+
+def command_line(options: RunOptions) -> str:
+    """``resnet-deploy run`` with every option spelled out, so the page says how to redo it."""
+    words = ["resnet-deploy", "run", "--arch", options.arch, "--variant", options.variant]
+    words += ["--weights", options.weights, "--seed", str(options.seed)]
+    words += ["--image-size", str(options.image_size), "--provider", options.provider]
+    words += ["--batch-sizes", ",".join(map(str, options.batch_sizes))]
+    if options.duration_s is not None:
+        words += ["--duration", f"{options.duration_s:g}"]
+    words += ["--baseline", options.baseline, "-o", str(options.folder)]
+    words += ["--int8"] * options.int8 + ["--force"] * options.force
+    return shlex.join(words)
 
 
 def prepare_folder(folder: Path, *, force: bool, inputs: list[Path | str] = ()) -> Path:
@@ -121,6 +181,10 @@ def format_run(report: RunReport) -> str:
         sections.append(f"skipped: verification failed: {report.verify.summary()}")
     else:
         sections.append(bench_summary(report.bench))
+    if report.optimize is not None:
+        sections += ["", "== optimize: int8 ==", format_optimize(report.optimize)]
+        if report.int8_bench is not None:
+            sections += ["", "== bench: int8 ==", bench_summary(report.int8_bench)]
     sections += [
         "",
         f"artifacts in {report.folder}/: " + ", ".join(p.name for p in report.artifacts),

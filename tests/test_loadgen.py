@@ -243,12 +243,16 @@ def test_cli_json_record_and_one_line_errors(r18: Path) -> None:
 
     for bad, message in [
         (["--scenario", "burst"], "Error: unknown scenario 'burst'"),
-        (["--scenario", "server", "--target-qps", "-3"], "Error: --target-qps must be greater"),
         (["--target-qps", "5"], "Error: --target-qps needs --scenario"),
     ]:
         failed = cli("bench", r18, *bad)
         assert failed.exit_code == 2, failed.output
         assert failed.output.startswith(message) and failed.output.count("\n") == 1
+    failed = cli("bench", r18, "--scenario", "server", "--target-qps", "-3")  # at parse time
+    assert failed.exit_code == 2
+    assert failed.output.endswith(
+        "Error: Invalid value for '--target-qps': must be above 0, got -3\n"
+    )
 
 
 SERVER_SUMMARY = """\

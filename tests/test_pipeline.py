@@ -24,7 +24,7 @@ def test_run_exports_verifies_benches_and_keeps_every_artifact(tmp_path: Path) -
     assert record["verify"]["passed"] is True
     assert [b["batch_size"] for b in record["bench"]["batches"]] == [1, 2]
     assert all(b["error"] is None and b["speedup_vs_torch"] > 0 for b in record["bench"]["batches"])
-    names = {"model.onnx", "bench.csv", "bench.png", "report.json", "report.txt"}
+    names = {"model.onnx", "bench.csv", "bench.png", "report.json", "report.txt", "report.html"}
     assert {p.name for p in folder.iterdir()} == names
     assert json.loads((folder / "report.json").read_text())["export"]["metadata"]["arch"] == (
         "resnet18"
