@@ -235,6 +235,9 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
 )
 @click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
 @click.option(
+    "--strict-placement", is_flag=True, help="GPU: fail if compute nodes land on the CPU."
+)
+@click.option(
     "--baseline",
     type=click.Choice(["torch", "none"]),
     default="torch",
@@ -522,6 +525,9 @@ def doctor(json_out: str | None) -> None:
 @click.option("--min-cosine", type=float, help="Least cosine similarity of each sample's logits.")
 @click.option("--allow-tf32", is_flag=True, help="CUDA: leave TF32 on, as ONNX Runtime would.")
 @click.option("--localize", is_flag=True, help="Compare layer by layer; name the first divergence.")
+@click.option(
+    "--strict-placement", is_flag=True, help="GPU: fail if compute nodes land on the CPU."
+)
 @json_option()
 def verify_command(model: Path, json_out: str | None, **options: Any) -> None:
     """Check that an ONNX file computes what the eager PyTorch model computes.
