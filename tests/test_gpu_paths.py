@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from click.testing import CliRunner
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from resnet_deploy.bench import BenchOptions, session_config
+from resnet_deploy.bench import BenchOptions, eager_runner, session_config
 from resnet_deploy.cli import main
+from resnet_deploy.compare import Tolerance
 from resnet_deploy.errors import InputError, ProviderError
 from resnet_deploy.metadata import read_metadata, write_metadata
 from resnet_deploy.onnxfile import load_onnx, load_with_metadata
@@ -33,7 +35,8 @@ from resnet_deploy.providers import (
     tensorrt_build_note,
     trt_profile,
 )
-from resnet_deploy.verify import VerifyOptions
+from resnet_deploy.runners import torch_tf32
+from resnet_deploy.verify import VerifyOptions, onnxruntime_tf32, tf32_in_use
 from resnet_deploy.verify import session_config as verify_config
 from resnet_deploy.weights import sha256_of
 
@@ -256,3 +259,38 @@ def test_tensorrt_is_registered_with_cuda_and_fp16_files_enable_fp16(
 def test_engine_builds_are_counted_from_the_log() -> None:
     log = f"{ENGINE_BUILD_LOG} graph 1\nanother line\n{ENGINE_BUILD_LOG} graph 2\n"
     assert count_engine_builds(log) == 2 and count_engine_builds("") == 0
+
+
+def test_tf32_policy_picks_the_tolerance(monkeypatch) -> None:
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    assert not tf32_in_use(CUDA, VerifyOptions(provider="cuda"))
+    assert tf32_in_use(CUDA, VerifyOptions(provider="cuda", allow_tf32=True))
+    assert tf32_in_use(TENSORRT, VerifyOptions(provider="tensorrt"))  # no switch to turn it off
+    assert onnxruntime_tf32(TENSORRT, {}).startswith("on (TensorRT's default")
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    assert not tf32_in_use(TENSORRT, VerifyOptions(provider="tensorrt"))
+    assert onnxruntime_tf32(TENSORRT, {}) == "off (NVIDIA_TF32_OVERRIDE=0)"
+    assert not tf32_in_use(CPU, VerifyOptions(allow_tf32=True))
+    tf32 = Tolerance.for_precision("tf32")
+    assert not tf32.elementwise and tf32.min_cosine == Tolerance.for_precision("fp16").min_cosine
+
+
+def test_gpu_eager_baseline_matches_onnxruntime_and_restores_torch(r18: Path) -> None:
+    _, metadata = load_with_metadata(r18)
+    model = torch.nn.Identity()
+    fp16 = replace(metadata, precision="fp16")
+    runner = eager_runner(model, True, fp16, BenchOptions(provider="cuda"), threads=1)
+    assert (runner.dtype, runner.cudnn_benchmark, runner.tf32) == (torch.float16, True, True)
+    assert runner.describe() == "PyTorch eager, float16 on cuda, cudnn.benchmark on, TF32 on"
+    heuristic = BenchOptions(provider="cuda", cudnn_algo="heuristic")
+    assert eager_runner(model, True, metadata, heuristic, threads=1).cudnn_benchmark is False
+    cpu = eager_runner(model, False, fp16, BenchOptions(), threads=2)
+    assert cpu.describe() == "PyTorch eager, float32 on cpu, 2 threads"
+    conv = torch.backends.cudnn.conv
+    before = torch.backends.cudnn.benchmark, conv.fp32_precision
+    with runner:
+        assert torch.backends.cudnn.benchmark and conv.fp32_precision == "tf32"
+    assert (torch.backends.cudnn.benchmark, conv.fp32_precision) == before
+    with torch_tf32(False) as switches:
+        assert set(switches.values()) == {"ieee"}
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
