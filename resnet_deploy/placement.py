@@ -53,12 +53,12 @@ class Placement:
     cpu_compute_nodes: dict[str, int] = field(default_factory=dict)  # op -> nodes; GPU asked
 
     def summary(self) -> str:
-        """One line: nodes per provider, and the CPU's compute ops when a GPU was asked."""
-        parts = [f"{provider} {count}" for provider, count in self.nodes.items()]
-        line = "node placement: " + (", ".join(parts) or "none recorded")
-        if self.cpu_compute_nodes:
-            line += f" (on the CPU: {_ops(self.cpu_compute_nodes)})"
-        return line
+        """One line: nodes per provider, each with its op types."""
+        parts = [
+            f"{provider} {count} ({_ops(self.op_types[provider])})"
+            for provider, count in self.nodes.items()
+        ]
+        return "node placement: " + ("; ".join(parts) or "none recorded")
 
     def warning(self) -> str | None:
         """What a GPU run loses when compute nodes land on the CPU; None when none do."""
