@@ -123,12 +123,12 @@ def provider_failures(session: ort.InferenceSession) -> Iterator[None]:
     except ort_state.EPFail as exc:
         raise ProviderError(
             f"{session.get_providers()[0]} failed while running (no CPU fallback): "
-            f"{_last_line(str(exc))}"
+            f"{_reason(str(exc))}"
         ) from None
     except LOAD_ERRORS as exc:
         if GRAPH_CAPTURE_REFUSED not in str(exc):
             raise
-        raise ProviderError(f"CUDA graph capture refused: {_last_line(str(exc))}") from None
+        raise ProviderError(f"CUDA graph capture refused: {_reason(str(exc))}") from None
 
 
 # How ONNX Runtime words a session that cannot capture a CUDA graph (nodes off the GPU, ...).
@@ -160,16 +160,16 @@ def create_session(model: Path | bytes, config: SessionConfig) -> StrictSession:
         try:
             session = StrictSession(source, sess_options=options, providers=providers)
         except ort_state.EPFail as exc:
-            raise ProviderError(f"{provider} failed to start: {_last_line(str(exc))}") from None
+            raise ProviderError(f"{provider} failed to start: {_reason(str(exc))}") from None
         except LOAD_ERRORS as exc:
             if GRAPH_CAPTURE_REFUSED in str(exc):
-                raise ProviderError(f"CUDA graph capture refused: {_last_line(str(exc))}") from None
+                raise ProviderError(f"CUDA graph capture refused: {_reason(str(exc))}") from None
             raise InputError(load_failure(model, str(exc))) from None
     text = printed.getvalue() + log.text
     wanted = [name for name, _ in providers]
     if session.get_providers()[: len(wanted)] != wanted:
         started = session.get_providers()[0]
-        missing = next(name for name in wanted if name not in session.get_providers())
+        missing = next((p for p in wanted if p not in session.get_providers()), provider)
         raise ProviderError(
             f"ONNX Runtime could not start {missing} and fell back to "
             f"{started if started != provider else CPU}: {fallback_cause(text)}"
@@ -195,9 +195,11 @@ def registered_providers(
     return [(TENSORRT, options), (CUDA, cuda)]
 
 
-def _last_line(message: str) -> str:
+def _reason(message: str) -> str:
+    """ONNX Runtime's message on one line, without its ``[ONNXRuntimeError] : 11 : EP_FAIL :``."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no reason given"
+    last = lines[-1] if lines else "no reason given"
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", last)
 
 
 def load_failure(model: Path | bytes, message: str) -> str:
@@ -351,18 +353,20 @@ def with_trt_profile(
     config: SessionConfig, profile: TrtProfile, model_sha256: str
 ) -> SessionConfig:
     """``config`` with an explicit TensorRT profile, and its engine cache (if any) moved to
-    ``<cache>/<model sha256[:16]>/<profile label>``; other providers are returned unchanged."""
+    ``<cache>/<model sha256[:16]>/<profile label>``; other providers are returned unchanged.
+    The timing cache (kernel timings, valid across models and shapes) stays shared."""
     if resolve_provider(config.provider) != TENSORRT:
         return config
     options = dict(config.provider_options) | profile.options()
     if "trt_engine_cache_path" in options:
         folder = Path(options["trt_engine_cache_path"]) / model_sha256[:16] / profile.label
         folder.mkdir(parents=True, exist_ok=True)
-        options["trt_engine_cache_path"] = options["trt_timing_cache_path"] = str(folder)
+        options["trt_engine_cache_path"] = str(folder)
     return replace(config, provider_options=options)
 
 
-# ONNX Runtime's TensorRT provider logs this line (at INFO level) for every engine it builds.
+# What ONNX Runtime's TensorRT provider logs for each engine it builds, read from its library's
+# strings (the provider logs it at INFO level, we expect; not yet seen on a GPU).
 ENGINE_BUILD_LOG = "TensorRT engine build for"
 
 
