@@ -197,6 +197,16 @@ def test_bench_and_verify_json_report_cpu_placement(r18: Path) -> None:
     assert record["tf32"] is False and record["tolerance"]["precision"] == "fp32"
 
 
+def test_verify_json_lists_the_int8_placement_by_op_type(r18_int8: Path) -> None:
+    result = cli("verify", r18_int8, "--samples", "1", "--batch-sizes", "1", "--json", "-")
+    assert result.exit_code == 0, result.output
+    placement = json.loads(result.stdout)["placement"]
+    ops = placement["op_types"][CPU]
+    assert {"DequantizeLinear", "QuantizeLinear", "Conv", "Add", "Gemm"} <= set(ops)
+    assert placement["nodes"] == {CPU: sum(ops.values())}
+    assert placement["cpu_compute_nodes"] == {}  # the CPU was asked for
+
+
 def test_tensorrt_sessions_carry_explicit_profiles_and_a_cache_per_model(
     r18: Path, tmp_path: Path
 ) -> None:
