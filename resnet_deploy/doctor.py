@@ -199,7 +199,7 @@ def format_report(report: DoctorReport) -> str:
         [
             lib.soname,
             "yes" if lib.found else "NO",
-            lib.needed_by.removesuffix("ExecutionProvider"),
+            {TENSORRT: "TensorRT"}.get(lib.needed_by, "CUDA"),
             lib.path or lib.error,
             "optional" * lib.optional,
         ]
