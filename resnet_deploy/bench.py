@@ -26,21 +26,25 @@ from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.model import rebuild_model
 from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.placement import Placement, check_placement
 from resnet_deploy.providers import (
+    CUDA,
     SPINNING,
+    TENSORRT,
     SessionConfig,
     create_session,
     cuda_provider_options,
     provider_options_used,
     resolve_provider,
+    tensorrt_build_note,
     tensorrt_provider_options,
+    trt_profile,
+    with_trt_profile,
 )
 from resnet_deploy.report import format_table
 from resnet_deploy.runners import OrtRunner, TorchRunner, input_dtype
 from resnet_deploy.weights import sha256_of
 
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_WARMUP_S = 2.0
 DEFAULT_DURATION_S = 5.0
@@ -66,6 +70,7 @@ class BenchOptions:
     trt_cache: Path | None = None  # engine and timing cache folder
     trt_fp16: bool = False
     baseline: str = "torch"  # or "none"
+    strict_placement: bool = False  # GPU: compute nodes on the CPU refuse the run
 
 
 @dataclass
@@ -122,6 +127,8 @@ class BenchReport:
     environment: Environment
     input_dtype: str = ""
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)  # as ORT reports
+    placement: Placement | None = None  # where the first batch's session put each node
+    eager_baseline: str = ""  # how PyTorch eager ran: device, dtype, cuDNN search, TF32
     batches: list[BatchResult] = field(default_factory=list)
     run_times: list[RunTimes] = field(default_factory=list)
 
@@ -175,34 +182,38 @@ def bench(
         f"bench at batch {largest}, {metadata.image_size}x{metadata.image_size}",
     )
     environment = describe_environment()
-    config = session_config(provider, options)
-    threads = config.intra_op_threads
+    model_sha256 = sha256_of(model_path)
+    base = session_config(provider, options)
+    threads = base.intra_op_threads
     on_gpu = provider in (CUDA, TENSORRT)
     report = BenchReport(
         model=model_path,
-        model_sha256=sha256_of(model_path),
+        model_sha256=model_sha256,
         metadata=metadata,
         provider=provider,
         threads=threads,
         spinning=options.spin,
         io_binding=on_gpu and options.io_binding,
-        graph_optimization=config.graph_optimization,
+        graph_optimization=base.graph_optimization,
         options=options,
         environment=environment,
     )
     eager: list[torch.nn.Module] = []  # built on first use, after the provider proved it runs
     for batch in batch_sizes:
         result = BatchResult(batch_size=batch, provider=provider)
+        # One session per batch size; under TensorRT, one engine built for exactly this batch.
+        config = session_config(
+            provider, options, metadata=metadata, model_sha256=model_sha256, batch_sizes=(batch,)
+        )
         try:
             array = _bench_onnxruntime(model_path, config, report, result, options, progress)
             if options.baseline == "torch":
                 if not eager:
                     progress("building the eager PyTorch model for the baseline")
                     eager.append(rebuild_model(metadata).model)
-                device = "cuda" if on_gpu else "cpu"
-                latencies = _bench_torch(
-                    eager[0], array, device, result, options, threads, progress
-                )
+                runner = eager_runner(eager[0], on_gpu, metadata, options, threads)
+                report.eager_baseline = runner.describe()
+                latencies = _bench_torch(runner, array, result, options, progress)
                 if latencies:
                     report.run_times.append(RunTimes(batch, "torch", latencies))
         except ResnetDeployError:
@@ -231,16 +242,33 @@ def _batch_sizes(
     return (fixed,)
 
 
-def session_config(provider: str, options: BenchOptions) -> SessionConfig:
+def session_config(
+    provider: str,
+    options: BenchOptions,
+    *,
+    metadata: ModelMetadata | None = None,
+    model_sha256: str = "",
+    batch_sizes: tuple[int, ...] = (),
+) -> SessionConfig:
     """The session a bench with ``options`` runs: every graph optimization, the spinning and
-    provider options asked for, and as many threads as physical cores unless told."""
-    return SessionConfig(
+    provider options asked for, and as many threads as physical cores unless told.
+
+    Given the model's metadata and the batch sizes the session will see, a TensorRT session
+    gets an explicit profile from the smallest to the largest (LoadGen: ``(1, max_batch)``)
+    and its engine cache a folder per model and profile.
+    """
+    config = SessionConfig(
         provider=provider,
         provider_options=_provider_options(provider, options),
         intra_op_threads=options.threads or physical_cores(),
         graph_optimization="all",
         session_config_entries={SPINNING: "1" if options.spin else "0"},
+        strict_placement=options.strict_placement,
     )
+    if metadata is None or not batch_sizes:
+        return config
+    profile = trt_profile(metadata.input_name, batch_sizes, (metadata.image_size,))
+    return with_trt_profile(config, profile, model_sha256)
 
 
 def _provider_options(provider: str, options: BenchOptions) -> dict[str, str]:
@@ -271,12 +299,20 @@ def _bench_onnxruntime(
     return the batch it ran, so the baseline runs the very same one."""
     batch = result.batch_size
     progress(f"batch {batch}: creating the {config.provider} session")
+    note = tensorrt_build_note(config)
+    if note:
+        progress(f"batch {batch}: {note}")
     start = time.perf_counter()
     session = create_session(model_path, config)
     result.session_create_ms = (time.perf_counter() - start) * 1e3
+    if note:
+        seconds = result.session_create_ms / 1e3
+        progress(f"batch {batch}: session and TensorRT engine ready in {seconds:.1f} s")
     dtype = input_dtype(session)
     report.input_dtype = report.input_dtype or dtype.name
     report.provider_options = report.provider_options or provider_options_used(session)
+    report.placement = report.placement or session.placement
+    result.warnings += check_placement(session.placement, strict=False)
     size = report.metadata.image_size
     array = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(dtype)
     device = "cuda" if report.io_binding else None
@@ -291,20 +327,42 @@ def _bench_onnxruntime(
     return array
 
 
-def _bench_torch(
+def eager_runner(
     model: torch.nn.Module,
-    array: np.ndarray,
-    device: str,
-    result: BatchResult,
+    on_gpu: bool,
+    metadata: ModelMetadata,
     options: BenchOptions,
     threads: int,
+) -> TorchRunner:
+    """Eager PyTorch set up as fairly as ONNX Runtime is: on the GPU, in the file's float
+    precision (fp16 for an fp16 file), with cuDNN's algorithm search when ONNX Runtime searches
+    exhaustively, and TF32 as ONNX Runtime's CUDA provider (on by default). On the CPU eager
+    runs fp32 whatever the file is, and says so."""
+    if not on_gpu:
+        return TorchRunner(model, threads=threads, dtype=torch.float32)
+    exhaustive = (options.cudnn_algo or "EXHAUSTIVE").upper() == "EXHAUSTIVE"
+    return TorchRunner(
+        model,
+        threads=threads,
+        device="cuda",
+        dtype=torch.float16 if metadata.precision == "fp16" else torch.float32,
+        cudnn_benchmark=exhaustive,
+        tf32=True,
+    )
+
+
+def _bench_torch(
+    runner: TorchRunner,
+    array: np.ndarray,
+    result: BatchResult,
+    options: BenchOptions,
     progress: Callable[[str], None],
 ) -> list[float]:
     """Fill ``result``'s eager numbers; return every timed run's ms (none when it cannot run)."""
-    if device == "cuda" and not torch.cuda.is_available():
+    if runner.device.type == "cuda" and not torch.cuda.is_available():
         result.warnings.append("no torch baseline: this PyTorch build cannot use the GPU")
         return []
-    with TorchRunner(model, threads=threads, device=device) as runner:
+    with runner:
         _, stats, latencies = measure(runner, array, options)
     for key in TORCH_FIELDS:
         setattr(result, f"torch_{key}", stats[key])
@@ -423,7 +481,8 @@ def summary(report: BenchReport) -> str:
     """The terminal report: what ran where, one row per batch size, then warnings and errors."""
     env, meta = report.environment, report.metadata
     lines = [
-        f"{report.model}: {meta.arch} ({meta.variant}), {report.input_dtype}, "
+        f"{report.model}: {meta.arch} ({meta.variant}), {meta.precision}, "
+        f"input {report.input_dtype}, "
         f"sha256 {report.model_sha256[:12]}",
         f"{report.provider}, {report.threads} threads, spinning {_on(report.spinning)}, "
         f"IO binding {_on(report.io_binding)}, graph optimization {report.graph_optimization}",
@@ -433,6 +492,10 @@ def summary(report: BenchReport) -> str:
     used = {name: opts for name, opts in report.provider_options.items() if opts}
     if used:
         lines.append(f"provider options: {used}")
+    if report.placement is not None:
+        lines.append(report.placement.summary())
+    if report.eager_baseline:
+        lines.append(f"baseline: {report.eager_baseline}")
     headers = ["batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "cv", "images/s"]
     eager = report.options.baseline == "torch"
     if eager:

@@ -197,6 +197,11 @@ def provider_option(command: Callable) -> Callable:
     )(command)
 
 
+strict_placement_option = click.option(
+    "--strict-placement", is_flag=True, help="GPU: fail if compute nodes land on the CPU."
+)
+
+
 def batch_sizes_option(help_text: str, default: str | None = None) -> Callable:
     return click.option(
         "--batch-sizes",
@@ -402,6 +407,7 @@ def parse_batch(value: str) -> int | None:
     help="TensorRT: engine and timing cache folder (created if missing).",
 )
 @click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
+@strict_placement_option
 @click.option(
     "--baseline",
     type=click.Choice(["torch", "none"]),
@@ -679,6 +685,7 @@ def doctor(json_out: str | None, force: bool) -> None:
 )
 @click.option("--allow-tf32", is_flag=True, help="CUDA: leave TF32 on, as ONNX Runtime would.")
 @click.option("--localize", is_flag=True, help="Compare layer by layer; name the first divergence.")
+@strict_placement_option
 @json_option()
 @force_option("Overwrite an existing JSON file.")
 @writes(["json_out"], inputs=["model", "weights", "inputs"])

@@ -3,7 +3,9 @@
 Listing ``get_available_providers()`` proves nothing: the GPU package lists CUDA and TensorRT on
 every machine. Each provider is given a one-node model through ``providers.create_session``
 (which refuses ONNX Runtime's silent CPU fallback) and run once. The CUDA and cuDNN libraries
-this onnxruntime build loads are opened by soname, as its own loader will open them.
+this onnxruntime build loads, and TensorRT's (``libnvinfer``), are opened by soname, as its own
+loader will open them. A provider that starts but fails on its first run is reported, not a
+crash.
 
 Every resnet-deploy command imports torch before onnxruntime, and a CUDA build of torch loads
 its own CUDA libraries; those then count as found here, as they do for the other commands.
@@ -12,6 +14,7 @@ its own CUDA libraries; those then count as found here, as they do for the other
 from __future__ import annotations
 
 import ctypes
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,8 @@ from onnxruntime.capi import build_and_package_info
 
 from resnet_deploy.environment import gpus, package_versions
 from resnet_deploy.errors import ResnetDeployError
-from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.placement import Placement
+from resnet_deploy.providers import TENSORRT, SessionConfig, create_session
 from resnet_deploy.report import format_table
 
 DRIVER_LIBRARY = "libcuda.so.1"  # the CUDA provider links it; it comes with the NVIDIA driver
@@ -37,6 +41,7 @@ class ProviderCheck:
     provider: str
     works: bool
     detail: str  # what ran, or ONNX Runtime's reason it did not
+    placement: Placement | None = None  # where the probe's node ran, once the session started
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class LibraryCheck:
     path: str  # the file the loader opened; "" when missing or unknown
     error: str  # the loader's message when missing
     optional: bool  # ONNX Runtime loads it for a few ops only (cuFFT, NVRTC)
+    needed_by: str = "CUDAExecutionProvider"  # or TensorrtExecutionProvider
 
 
 @dataclass
@@ -68,10 +74,13 @@ def diagnose() -> DoctorReport:
 
     providers = [try_provider(name) for name in ort.get_available_providers()]
     libraries = [find_library(name, optional) for name, optional in cuda_libraries()]
+    libraries += [find_library(name, needed_by=TENSORRT) for name in tensorrt_libraries()]
     found_gpus = gpus()
     problems = [f"{p.provider} fails: {p.detail}" for p in providers if not p.works]
     problems += [
-        f"{lib.soname} not found" for lib in libraries if not lib.found and not lib.optional
+        f"{lib.soname} not found ({lib.needed_by} cannot start)"
+        for lib in libraries
+        if not lib.found and not lib.optional
     ]
     if not found_gpus:
         problems.append("no NVIDIA GPU visible (nvidia-smi is missing or lists none)")
@@ -106,12 +115,19 @@ def try_provider(provider: str) -> ProviderCheck:
     """Create a session on exactly ``provider`` and check one run's output."""
     try:
         session = create_session(probe_model(), SessionConfig(provider=provider))
-        (output,) = session.run(None, {"x": PROBE_INPUT})
     except ResnetDeployError as exc:
         return ProviderCheck(provider, False, str(exc))
+    try:
+        (output,) = session.run(None, {"x": PROBE_INPUT})
+    except Exception as exc:  # a GPU error on the first run (a kernel image, memory) is a finding
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        return ProviderCheck(
+            provider, False, f"started, but its first run failed: {reason}", session.placement
+        )
     if not np.array_equal(output, PROBE_EXPECTED):
-        return ProviderCheck(provider, False, f"ran, but Relu{PROBE_INPUT} gave {output}")
-    return ProviderCheck(provider, True, "ran a one-node model, output correct")
+        detail = f"ran, but Relu{PROBE_INPUT} gave {output}"
+        return ProviderCheck(provider, False, detail, session.placement)
+    return ProviderCheck(provider, True, "ran a one-node model, output correct", session.placement)
 
 
 def cuda_libraries() -> list[tuple[str, bool]]:
@@ -133,13 +149,27 @@ def cuda_libraries() -> list[tuple[str, bool]]:
     return [(DRIVER_LIBRARY, False)] + [(n, "cufft" in n or "nvrtc" in n) for n in names]
 
 
-def find_library(soname: str, optional: bool = False) -> LibraryCheck:
+def tensorrt_libraries() -> list[str]:
+    """The TensorRT sonames (``libnvinfer.so.10``, its ONNX parser) that this onnxruntime
+    build's TensorRT provider links, read from the provider library itself; none without it."""
+    provider_library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+    try:
+        data = provider_library.read_bytes()
+    except OSError:
+        return []
+    names = re.findall(rb"lib(?:nvinfer|nvonnxparser)\.so\.\d+", data)
+    return sorted({name.decode() for name in names})
+
+
+def find_library(
+    soname: str, optional: bool = False, needed_by: str = "CUDAExecutionProvider"
+) -> LibraryCheck:
     """Open ``soname`` as the dynamic loader would for ONNX Runtime, and say which file it was."""
     try:
         ctypes.CDLL(soname)
     except OSError as exc:
-        return LibraryCheck(soname, False, "", str(exc), optional)
-    return LibraryCheck(soname, True, _loaded_path(soname), "", optional)
+        return LibraryCheck(soname, False, "", str(exc), optional, needed_by)
+    return LibraryCheck(soname, True, _loaded_path(soname), "", optional, needed_by)
 
 
 def _loaded_path(soname: str) -> str:
@@ -159,14 +189,23 @@ def format_report(report: DoctorReport) -> str:
     lines = []
     lines.append(f"{report.onnxruntime}, built for CUDA {report.onnxruntime_cuda or '(none)'}")
     lines.append("")
-    rows = [[p.provider, "yes" if p.works else "NO", p.detail] for p in report.providers]
-    lines.append(format_table(["provider", "works", "detail"], rows))
+    rows = [
+        [p.provider, "yes" if p.works else "NO", _placed(p.placement), p.detail]
+        for p in report.providers
+    ]
+    lines.append(format_table(["provider", "works", "probe ran on", "detail"], rows))
     lines.append("")
     rows = [
-        [lib.soname, "yes" if lib.found else "NO", lib.path or lib.error, "optional" * lib.optional]
+        [
+            lib.soname,
+            "yes" if lib.found else "NO",
+            {TENSORRT: "TensorRT"}.get(lib.needed_by, "CUDA"),
+            lib.path or lib.error,
+            "optional" * lib.optional,
+        ]
         for lib in report.libraries
     ]
-    lines.append(format_table(["library", "found", "path or error", ""], rows))
+    lines.append(format_table(["library", "found", "for", "path or error", ""], rows))
     lines.append("")
     lines.append(f"GPUs: {'; '.join(report.gpus) or 'none visible to nvidia-smi'}")
     torch_cuda = report.torch_cuda or "none (CPU build)"
@@ -181,3 +220,9 @@ def format_report(report: DoctorReport) -> str:
     for problem in report.problems:
         lines.append(f"  - {problem}")
     return "\n".join(lines)
+
+
+def _placed(placement: Placement | None) -> str:
+    if placement is None:
+        return "-"
+    return ", ".join(f"{name} {n}" for name, n in placement.nodes.items()) or "-"

@@ -5,6 +5,11 @@ installed, even on a machine with no GPU or no CUDA libraries. Asked for CUDA th
 the reason to stderr and quietly runs on the CPU instead. A benchmark or a verification that
 then reports "CUDA" is a lie, so every session is checked after creation and the logged cause
 is turned into the error message.
+
+Once a session has started on the provider asked for, ONNX Runtime's run-time fallback is
+switched off too: in 1.31 ``run`` catches an execution-provider failure (``EPFail``, which is how
+TensorRT reports an engine it cannot build for a new shape), prints to stdout, rebuilds the
+session on the CPU and reruns. Here that failure is a one-line ProviderError instead.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,9 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_deploy.errors import InputError, ProviderError
+from resnet_deploy.metadata import read_metadata
 from resnet_deploy.onnxfile import load_onnx
+from resnet_deploy.placement import RECORD_PLACEMENT, Placement, check_placement, node_placement
 
 SHORT_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -33,6 +40,8 @@ SHORT_NAMES = {
     "trt": "TensorrtExecutionProvider",
 }
 CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # cudnn_conv_algo_search values
 SPINNING = "session.intra_op.allow_spinning"  # "1": idle threads spin (low latency, busy CPU)
 
@@ -61,6 +70,7 @@ class SessionConfig:
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     graph_optimization: str = "all"  # disable, basic, extended, all
     session_config_entries: dict[str, str] = field(default_factory=dict)  # e.g. SPINNING
+    strict_placement: bool = False  # a GPU session with compute nodes on the CPU is an error
 
 
 # What ONNX Runtime raises for a model it cannot load; its own classes derive from Exception.
@@ -83,8 +93,54 @@ _OPT_LEVELS = {
 }
 
 
-def create_session(model: Path | bytes, config: SessionConfig) -> ort.InferenceSession:
-    """A session that runs on exactly the provider asked for, or a ProviderError saying why not."""
+class StrictSession(ort.InferenceSession):
+    """An ONNX Runtime session whose provider failures at run time are ProviderErrors.
+
+    Its fallback is disabled by ``create_session``, so ONNX Runtime re-raises ``EPFail``
+    instead of rerunning on the CPU; ``placement`` is where its nodes were assigned.
+    """
+
+    placement: Placement
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with provider_failures(self):
+            return super().run(*args, **kwargs)
+
+    def run_with_ort_values(self, *args: Any, **kwargs: Any) -> Any:
+        with provider_failures(self):
+            return super().run_with_ort_values(*args, **kwargs)
+
+    def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
+        with provider_failures(self):
+            return super().run_with_iobinding(*args, **kwargs)
+
+
+@contextmanager
+def provider_failures(session: ort.InferenceSession) -> Iterator[None]:
+    """ONNX Runtime's ``EPFail`` (and a refused CUDA-graph capture) as one-line ProviderErrors."""
+    try:
+        yield
+    except ort_state.EPFail as exc:
+        raise ProviderError(
+            f"{session.get_providers()[0]} failed while running (no CPU fallback): "
+            f"{_reason(str(exc))}"
+        ) from None
+    except LOAD_ERRORS as exc:
+        if GRAPH_CAPTURE_REFUSED not in str(exc):
+            raise
+        raise ProviderError(f"CUDA graph capture refused: {_reason(str(exc))}") from None
+
+
+# How ONNX Runtime words a session that cannot capture a CUDA graph (nodes off the GPU, ...).
+GRAPH_CAPTURE_REFUSED = "cannot use the graph capture feature"
+
+
+def create_session(model: Path | bytes, config: SessionConfig) -> StrictSession:
+    """A session that runs on exactly the provider asked for, or a ProviderError saying why not.
+
+    TensorRT is registered together with CUDA (TensorRT's documented setup), so the nodes it
+    does not take run on CUDA, not on the CPU; an fp16 file turns on TensorRT's fp16 kernels.
+    """
     provider = resolve_provider(config.provider)
     if provider not in ort.get_available_providers():
         raise ProviderError(
@@ -94,27 +150,56 @@ def create_session(model: Path | bytes, config: SessionConfig) -> ort.InferenceS
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
     options.intra_op_num_threads = config.intra_op_threads
-    for key, value in config.session_config_entries.items():
+    for key, value in (config.session_config_entries | {RECORD_PLACEMENT: "1"}).items():
         options.add_session_config_entry(key, value)
-    providers: list[Any] = [(provider, config.provider_options)]
-    if isinstance(model, Path):
-        load_onnx(model)  # checks the file and its external data before ONNX Runtime reads it
+    proto = load_onnx(model) if isinstance(model, Path) else None  # checks external data too
+    providers = registered_providers(provider, config.provider_options, proto)
     source = str(model) if isinstance(model, Path) else model
     # Python-level fallbacks (TensorRT's "EP Error") are printed to stdout; keep them out of it.
     with captured_stderr() as log, redirect_stdout(io.StringIO()) as printed:
         try:
-            session = ort.InferenceSession(source, sess_options=options, providers=providers)
+            session = StrictSession(source, sess_options=options, providers=providers)
+        except ort_state.EPFail as exc:
+            raise ProviderError(f"{provider} failed to start: {_reason(str(exc))}") from None
         except LOAD_ERRORS as exc:
+            if GRAPH_CAPTURE_REFUSED in str(exc):
+                raise ProviderError(f"CUDA graph capture refused: {_reason(str(exc))}") from None
             raise InputError(load_failure(model, str(exc))) from None
     text = printed.getvalue() + log.text
-    if session.get_providers()[0] != provider:
+    wanted = [name for name, _ in providers]
+    if session.get_providers()[: len(wanted)] != wanted:
+        started = session.get_providers()[0]
+        missing = next((p for p in wanted if p not in session.get_providers()), provider)
         raise ProviderError(
-            f"ONNX Runtime could not start {provider} and fell back to "
-            f"{session.get_providers()[0]}: {fallback_cause(text)}"
+            f"ONNX Runtime could not start {missing} and fell back to "
+            f"{started if started != provider else CPU}: {fallback_cause(text)}"
         )
+    session.disable_fallback()  # from here on, a provider failure raises instead of rerunning
+    session.placement = node_placement(session)
+    check_placement(session.placement, strict=config.strict_placement)
     if text:
         sys.stderr.write(text)
     return session
+
+
+def registered_providers(
+    provider: str, options: dict[str, Any], proto: Any | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``[(provider, options)]``; TensorRT with CUDA after it and fp16 on for fp16 files."""
+    if provider != TENSORRT:
+        return [(provider, options)]
+    metadata = read_metadata(proto) if proto is not None else None
+    if metadata is not None and metadata.precision == "fp16":
+        options = {"trt_fp16_enable": "True"} | options  # an explicit choice wins
+    cuda = {"device_id": str(options.get("device_id", 0))}
+    return [(TENSORRT, options), (CUDA, cuda)]
+
+
+def _reason(message: str) -> str:
+    """ONNX Runtime's message on one line, without its ``[ONNXRuntimeError] : 11 : EP_FAIL :``."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "no reason given"
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", last)
 
 
 def load_failure(model: Path | bytes, message: str) -> str:
@@ -204,7 +289,11 @@ def cuda_provider_options(
 def tensorrt_provider_options(
     *, cache_dir: Path | None = None, fp16: bool = False, device_id: int = 0
 ) -> dict[str, str]:
-    """TensorRT provider options; a cache folder saves the minutes an engine build takes."""
+    """TensorRT provider options; a cache folder saves the minutes an engine build takes.
+
+    Key the folder by the model (``with_trt_profile`` does): TensorRT's own cache id hashes the
+    graph, not the weights, so a retrained model would load the old model's engine.
+    """
     options = {"device_id": str(device_id)}
     if cache_dir is not None:
         options |= {
@@ -216,6 +305,85 @@ def tensorrt_provider_options(
     if fp16:
         options["trt_fp16_enable"] = "True"
     return options
+
+
+@dataclass(frozen=True)
+class TrtProfile:
+    """The input shapes one TensorRT engine is built for (NCHW, square images).
+
+    Without an explicit profile TensorRT widens its range and rebuilds the engine at each new
+    batch size, minutes each, inside whatever is being timed.
+    """
+
+    input_name: str
+    min_shape: tuple[int, int, int, int]
+    opt_shape: tuple[int, int, int, int]
+    max_shape: tuple[int, int, int, int]
+
+    @property
+    def label(self) -> str:
+        """A folder name: ``batch8_224``, ``batch1-32_224``, ``batch1-7_160-224``."""
+        (b0, _, s0, _), (b1, _, s1, _) = self.min_shape, self.max_shape
+        batch = f"batch{b0}" if b0 == b1 else f"batch{b0}-{b1}"
+        return f"{batch}_{s0}" if s0 == s1 else f"{batch}_{s0}-{s1}"
+
+    def options(self) -> dict[str, str]:
+        def shape(dims: tuple[int, ...]) -> str:
+            return f"{self.input_name}:{'x'.join(map(str, dims))}"
+
+        return {
+            "trt_profile_min_shapes": shape(self.min_shape),
+            "trt_profile_opt_shapes": shape(self.opt_shape),
+            "trt_profile_max_shapes": shape(self.max_shape),
+        }
+
+
+def trt_profile(
+    input_name: str, batch_sizes: Sequence[int], image_sizes: Sequence[int]
+) -> TrtProfile:
+    """The smallest batch and image size up to the largest; tuned (opt) for the largest."""
+    if not batch_sizes or not image_sizes or min(*batch_sizes, *image_sizes) < 1:
+        raise InputError(f"a TensorRT profile needs sizes >= 1, got {batch_sizes}, {image_sizes}")
+    low, high = min(image_sizes), max(image_sizes)
+    largest = (max(batch_sizes), 3, high, high)
+    return TrtProfile(input_name, (min(batch_sizes), 3, low, low), largest, largest)
+
+
+def with_trt_profile(
+    config: SessionConfig, profile: TrtProfile, model_sha256: str
+) -> SessionConfig:
+    """``config`` with an explicit TensorRT profile, and its engine cache (if any) moved to
+    ``<cache>/<model sha256[:16]>/<profile label>``; other providers are returned unchanged.
+    The timing cache (kernel timings, valid across models and shapes) stays shared."""
+    if resolve_provider(config.provider) != TENSORRT:
+        return config
+    options = dict(config.provider_options) | profile.options()
+    if "trt_engine_cache_path" in options:
+        folder = Path(options["trt_engine_cache_path"]) / model_sha256[:16] / profile.label
+        folder.mkdir(parents=True, exist_ok=True)
+        options["trt_engine_cache_path"] = str(folder)
+    return replace(config, provider_options=options)
+
+
+# What ONNX Runtime's TensorRT provider logs for each engine it builds, read from its library's
+# strings (the provider logs it at INFO level, we expect; not yet seen on a GPU).
+ENGINE_BUILD_LOG = "TensorRT engine build for"
+
+
+def count_engine_builds(log_text: str) -> int:
+    """TensorRT engine builds in an ONNX Runtime log written at INFO level or more verbose."""
+    return log_text.count(ENGINE_BUILD_LOG)
+
+
+def tensorrt_build_note(config: SessionConfig) -> str | None:
+    """A progress line for a TensorRT session, whose engine build can take minutes."""
+    if resolve_provider(config.provider) != TENSORRT:
+        return None
+    options = config.provider_options
+    shapes = options.get("trt_profile_max_shapes", "the shapes of the first runs")
+    cache = options.get("trt_engine_cache_path")
+    where = f"cached in {cache}" if cache else "not cached: --trt-cache keeps it"
+    return f"building the TensorRT engine up to {shapes} (minutes if not cached; {where})"
 
 
 def provider_options_used(session: ort.InferenceSession) -> dict[str, dict[str, str]]:

@@ -44,6 +44,9 @@ DEFAULT_PREFERRED_BATCH_SIZES = (8, 16)  # kept where they fit under max_batch_s
 KSERVE_SUFFIX = "-inferenceservice.yaml"
 KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "cpu": mc.ModelInstanceGroup.KIND_CPU}
 TRT_WORKSPACE_BYTES = 1 << 30  # the backend's documented default, written out to be visible
+# Where the server keeps TensorRT engines, per model name, so a reload or a new instance loads
+# the engine instead of building it again (minutes); a path on the server's file system.
+TRT_CACHE_ROOT = "/tmp/resnet-deploy-trt"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _ONNX_TO_TRITON = {
     "BOOL": "TYPE_BOOL",
@@ -227,6 +230,8 @@ def build_config(
         )
         trt.parameters["precision_mode"] = "FP16" if options.fp16 else "FP32"
         trt.parameters["max_workspace_size_bytes"] = str(TRT_WORKSPACE_BYTES)
+        trt.parameters["trt_engine_cache_enable"] = "1"
+        trt.parameters["trt_engine_cache_path"] = f"{TRT_CACHE_ROOT}/{name}"
     if options.warmup:
         # Batch 1 and the largest batch: the first requests of either size then find CUDA
         # kernels (and TensorRT's engine, which is built for the shapes it has seen) ready.
@@ -345,6 +350,11 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
         notes.append(f"no output has {len(classes)} classes: no labels.txt attached")
     if max_batch == 0:
         notes.append("max_batch_size 0: the model's batch is fixed, Triton will not batch requests")
+    if options.tensorrt:
+        notes.append(
+            f"TensorRT engines are cached on the server in {TRT_CACHE_ROOT}/{name}; empty it "
+            "when a version's weights change (TensorRT's cache id ignores the weights)"
+        )
 
     data = model.SerializeToString()
     Path(options.repo).mkdir(exist_ok=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,14 +37,21 @@ from resnet_deploy.metadata import (
 )
 from resnet_deploy.model import BuiltModel, build_model, rebuild_model
 from resnet_deploy.onnxfile import load_onnx
+from resnet_deploy.placement import Placement, check_placement
 from resnet_deploy.providers import (
+    CUDA,
+    TENSORRT,
     SessionConfig,
     create_session,
     cuda_provider_options,
     provider_options_used,
     resolve_provider,
+    tensorrt_build_note,
+    trt_profile,
+    with_trt_profile,
 )
 from resnet_deploy.report import format_table
+from resnet_deploy.runners import torch_tf32
 from resnet_deploy.weights import RANDOM
 
 # 1 and 2 are what services run most; 7 is odd and not a power of two, which catches kernels
@@ -71,6 +78,7 @@ class VerifyOptions:
     min_cosine: float | None = None
     allow_tf32: bool = False
     localize: bool = False
+    strict_placement: bool = False  # GPU: compute nodes on the CPU are an error
 
 
 @dataclass(frozen=True)
@@ -97,9 +105,12 @@ class VerifyReport:
     provider: str
     provider_options: dict[str, dict[str, str]]
     onnxruntime_tf32: str
-    torch_tf32: dict[str, bool]  # during the reference run (on the CPU, where TF32 never applies)
+    torch_tf32: dict[str, str | bool]  # during the reference run (on the CPU: TF32 never applies)
     tolerance: Tolerance
     shape_note: str
+    tf32: bool = False  # ONNX Runtime may compute fp32 convolutions in TF32: tf32 tolerance
+    placement: Placement | None = None
+    warnings: list[str] = field(default_factory=list)
     shapes: list[ShapeResult] = field(default_factory=list)
     localization: Localization | None = None
     seconds: float = 0.0
@@ -147,13 +158,19 @@ def verify(
     mean, std = (metadata.mean, metadata.std) if metadata else (IMAGENET_MEAN, IMAGENET_STD)
     source = InputSource(options, shapes, mean, std)  # reads --inputs: cheap checks come first
     check_verify_memory(metadata.arch if metadata else options.arch, shapes, source, options)
-    config = session_config(options)
+    config = session_config(options, shapes=shapes, input_name=graph_input(proto).name)
     progress(f"start ONNX Runtime on {resolve_provider(options.provider)}")
+    note = tensorrt_build_note(config)
+    if note:
+        progress(note)
     session = create_session(model_path, config)  # a provider that cannot run fails fast
     progress("rebuild the eager model")
     reference = build_reference(proto, metadata, model_path, options)
+    provider = session.get_providers()[0]
+    tf32 = tf32_in_use(provider, options)
+    judged_as = "tf32" if tf32 and reference.precision == "fp32" else reference.precision
     tolerance = Tolerance.for_precision(
-        reference.precision, atol=options.atol, rtol=options.rtol, min_cosine=options.min_cosine
+        judged_as, atol=options.atol, rtol=options.rtol, min_cosine=options.min_cosine
     )
     if options.localize and tolerance.layer_rel_error is None:
         raise InputError(
@@ -169,12 +186,15 @@ def verify(
         precision=reference.precision,
         reference=reference.source,
         inputs=source.description,
-        provider=session.get_providers()[0],
+        provider=provider,
         provider_options=used,
-        onnxruntime_tf32=onnxruntime_tf32(session.get_providers()[0], used),
+        onnxruntime_tf32=onnxruntime_tf32(provider, used),
         torch_tf32={},
         tolerance=tolerance,
         shape_note=shape_note,
+        tf32=tf32,
+        placement=session.placement,
+        warnings=check_placement(session.placement, strict=False),
     )
     eager32 = reference.built.model
     eager64 = copy.deepcopy(eager32).double()
@@ -437,35 +457,54 @@ def judge_shape(
     )
 
 
-def session_config(options: VerifyOptions) -> SessionConfig:
-    """CUDA computes fp32 convolutions in TF32 by default; verify turns that off unless asked."""
+def session_config(
+    options: VerifyOptions,
+    *,
+    shapes: list[tuple[int, int]] | None = None,
+    input_name: str = "input",
+) -> SessionConfig:
+    """CUDA computes fp32 convolutions in TF32 by default; verify turns that off unless asked.
+
+    TensorRT gets one explicit profile covering every planned (batch, image size), so it
+    builds one engine instead of one per new shape.
+    """
+    provider = resolve_provider(options.provider)
     provider_options: dict[str, str] = {}
-    if resolve_provider(options.provider) == "CUDAExecutionProvider":
+    if provider == CUDA:
         provider_options = cuda_provider_options(tf32=options.allow_tf32)
-    return SessionConfig(provider=options.provider, provider_options=provider_options)
+    config = SessionConfig(
+        provider=options.provider,
+        provider_options=provider_options,
+        strict_placement=options.strict_placement,
+    )
+    if provider != TENSORRT or not shapes:
+        return config
+    batches, sizes = zip(*shapes, strict=True)
+    return with_trt_profile(config, trt_profile(input_name, batches, sizes), model_sha256="")
+
+
+def tf32_in_use(provider: str, options: VerifyOptions) -> bool:
+    """Whether ONNX Runtime may compute fp32 convolutions in TF32 (10-bit mantissa inputs).
+
+    CUDA: only with --allow-tf32. TensorRT: always, as it has no option to turn TF32 off,
+    unless NVIDIA_TF32_OVERRIDE=0 was in the environment (it must be set before CUDA starts,
+    so verify reads it and never sets it). Either way verify applies the tf32 tolerance then.
+    """
+    if provider == CUDA:
+        return options.allow_tf32
+    if provider == TENSORRT:
+        return os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+    return False
 
 
 def onnxruntime_tf32(provider: str, used: dict[str, dict[str, str]]) -> str:
-    if provider == "CUDAExecutionProvider":
+    if provider == CUDA:
         return f"use_tf32={used.get(provider, {}).get('use_tf32', '?')}"
-    if provider == "TensorrtExecutionProvider":
-        return "TensorRT's default, TF32 allowed (NVIDIA_TF32_OVERRIDE=0 forbids it)"
+    if provider == TENSORRT:
+        if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
+            return "off (NVIDIA_TF32_OVERRIDE=0)"
+        return "on (TensorRT's default; NVIDIA_TF32_OVERRIDE=0 before starting turns it off)"
     return f"not applicable on {provider}"
-
-
-@contextmanager
-def torch_tf32(allow: bool) -> Iterator[dict[str, bool]]:
-    """PyTorch's TF32 switches set for the reference run, and restored after it."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = matmul.allow_tf32, cudnn.allow_tf32
-    matmul.allow_tf32 = cudnn.allow_tf32 = allow
-    try:
-        yield {
-            "torch.backends.cuda.matmul.allow_tf32": matmul.allow_tf32,
-            "torch.backends.cudnn.allow_tf32": cudnn.allow_tf32,
-        }
-    finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def format_report(report: VerifyReport) -> str:
@@ -476,7 +515,7 @@ def format_report(report: VerifyReport) -> str:
         rule = f"|onnx - eager| <= {tol.atol:g} + {tol.rtol:g} * |eager| per element, " + rule
     if tol.min_top1_agreement or tol.min_top5_agreement:
         rule += f", top-1 >= {tol.min_top1_agreement:g}, top-5 >= {tol.min_top5_agreement:g}"
-    torch_tf32 = "on" if any(report.torch_tf32.values()) else "off"
+    torch_tf32 = "on" if any(v in (True, "tf32") for v in report.torch_tf32.values()) else "off"
     lines = [
         f"{report.model}: {report.arch} ({report.variant}), weights {report.weights}, "
         f"{report.precision}; eager reference from {report.reference}",
@@ -484,8 +523,11 @@ def format_report(report: VerifyReport) -> str:
         f"torch {torch_tf32} (reference on the CPU)",
         f"inputs: {report.inputs}; {report.shape_note}",
         f"tolerance ({tol.precision}): {rule}",
-        "",
     ]
+    if report.placement is not None:
+        lines.append(report.placement.summary())
+    lines += [f"warning: {text}" for text in report.warnings]
+    lines.append("")
     headers = ["batch", "size", "samples", "max abs", "max rel", "mean abs", "min cosine"]
     headers += ["min SQNR dB", "top-1", "top-5", "noise floor", "result"]
     rows = [

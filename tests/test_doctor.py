@@ -7,9 +7,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from onnxruntime.capi import build_and_package_info
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_deploy.cli import main
-from resnet_deploy.doctor import DoctorReport, cuda_libraries, diagnose, find_library, try_provider
+from resnet_deploy.doctor import (
+    DoctorReport,
+    cuda_libraries,
+    diagnose,
+    find_library,
+    tensorrt_libraries,
+    try_provider,
+)
 
 CUDA_BUILD = getattr(build_and_package_info, "cuda_version", "")
 
@@ -40,7 +48,7 @@ def test_without_gpu_cuda_fails_naming_the_missing_library(report: DoctorReport)
 @pytest.mark.skipif(not CUDA_BUILD, reason="a CPU build of onnxruntime needs no CUDA library")
 def test_library_list_follows_the_build_cuda_version(report: DoctorReport) -> None:
     major = CUDA_BUILD.split(".")[0]
-    names = [lib.soname for lib in report.libraries]
+    names = [lib.soname for lib in report.libraries if lib.needed_by == "CUDAExecutionProvider"]
     assert names == [name for name, _ in cuda_libraries()]
     assert {f"libcudart.so.{major}", f"libcublas.so.{major}", "libcudnn.so.9"} <= set(names)
     for lib in report.libraries:
@@ -77,3 +85,32 @@ def test_cli_table_says_what_works() -> None:
     assert result.exit_code == 0
     assert re.search(r"CPUExecutionProvider\s+yes", result.output)
     assert ("CUDA works" in result.output) or ("CUDA does NOT work" in result.output)
+
+
+@pytest.mark.skipif(not CUDA_BUILD, reason="a CPU build of onnxruntime has no TensorRT provider")
+def test_tensorrt_libraries_are_looked_up(report: DoctorReport) -> None:
+    wanted = tensorrt_libraries()  # what this build's TensorRT provider links
+    assert any(re.fullmatch(r"libnvinfer\.so\.\d+", name) for name in wanted)
+    trt = [lib for lib in report.libraries if lib.needed_by == "TensorrtExecutionProvider"]
+    assert [lib.soname for lib in trt] == wanted
+    for lib in trt:
+        if not lib.found:
+            assert f"{lib.soname} not found (TensorrtExecutionProvider cannot start)" in (
+                report.problems
+            )
+
+
+def test_a_first_run_failure_is_reported_not_raised(monkeypatch) -> None:
+    """As a GPU without kernels for its architecture fails: the session starts, the run not."""
+
+    def no_kernel(*args: object) -> None:
+        raise ort_state.RuntimeException("CUDA failure 209: no kernel image is available")
+
+    monkeypatch.setattr(ort_state.InferenceSession, "run", no_kernel)
+    check = try_provider("CPUExecutionProvider")
+    assert not check.works
+    assert (
+        check.detail
+        == "started, but its first run failed: CUDA failure 209: no kernel image is available"
+    )
+    assert check.placement.nodes == {"CPUExecutionProvider": 1}

@@ -12,9 +12,10 @@ from PIL import Image
 
 from resnet_deploy.bench import BenchOptions, bench
 from resnet_deploy.cli import main
+from resnet_deploy.environment import gpus
 from resnet_deploy.errors import InputError, NumericsError
 from resnet_deploy.metadata import read_metadata
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
+from resnet_deploy.optimize import OptimizeOptions, format_result, optimize_model
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,10 @@ def test_fp16_keeps_float32_io(source: Path) -> None:
     assert weights == {onnx.TensorProto.FLOAT16}
     assert read_metadata(proto).precision == "fp16"
     assert result.guard.passed
+    if not gpus():  # CUDA cannot start, so the guard ran on the CPU, which computes in fp32
+        assert result.guard.provider == "CPUExecutionProvider"
+        assert result.guard_scope.startswith("weights only")
+        assert "accuracy guard (weights only: " in format_result(result)
 
 
 def test_guard_refuses_a_model_calibrated_on_constant_images(source: Path, tmp_path: Path) -> None:

@@ -104,6 +104,8 @@ def test_tensorrt_fp16_on_cpu_options_and_warmup(tmp_path: Path) -> None:
     config = read_config(tmp_path / "repo" / "trt")
     (trt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert (trt.name, trt.parameters["precision_mode"]) == ("tensorrt", "FP16")
+    assert trt.parameters["trt_engine_cache_enable"] == "1"
+    assert trt.parameters["trt_engine_cache_path"] == "/tmp/resnet-deploy-trt/trt"
     assert config.instance_group[0].count == 3
     assert list(config.dynamic_batching.preferred_batch_size) == []  # 8 and 16 exceed 4
     assert not config.model_warmup

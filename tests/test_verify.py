@@ -50,8 +50,8 @@ def test_correct_export_passes_at_every_batch_size_of_the_sweep(exported) -> Non
         assert shape.errors.min_cosine_similarity > 0.9999
     assert report.provider == "CPUExecutionProvider"
     assert report.torch_tf32 == {
-        "torch.backends.cuda.matmul.allow_tf32": False,
-        "torch.backends.cudnn.allow_tf32": False,
+        "torch.backends.cuda.matmul.fp32_precision": "ieee",
+        "torch.backends.cudnn.conv.fp32_precision": "ieee",
     }
     found = report.localization
     assert found.mapping == "names" and found.first_divergence is None and not found.unmatched
@@ -267,9 +267,10 @@ def test_tf32_is_off_for_cuda_unless_allowed_and_torch_is_restored(exported) -> 
     assert cuda["use_tf32"] == "0"
     allowed = session_config(VerifyOptions(provider="cuda", allow_tf32=True)).provider_options
     assert allowed["use_tf32"] == "1"
-    before = torch.backends.cudnn.allow_tf32
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
     verify(exported("resnet18").output, VerifyOptions(**FAST))
-    assert torch.backends.cudnn.allow_tf32 == before
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
 
 
 def test_tolerance_policy_by_precision() -> None:
