@@ -46,8 +46,9 @@ from resnet_deploy.loadgen.samples import Preprocessing, SampleLibrary, read_lab
 from resnet_deploy.loadgen.sut import InProcess, Remote
 from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata
 from resnet_deploy.onnxfile import load_with_metadata
-from resnet_deploy.providers import create_session
+from resnet_deploy.providers import create_session, tensorrt_build_note
 from resnet_deploy.runners import OrtRunner, input_dtype
+from resnet_deploy.weights import sha256_of
 
 
 @dataclass
@@ -186,7 +187,7 @@ def _prepare(
     if options.endpoint is None:
         fixed = None if metadata.batch == "dynamic" else int(metadata.batch)
         max_batch = _max_batch(options, scenario, path, fixed, None)
-        found = _in_process(path, metadata, options, progress)
+        found = _in_process(path, metadata, max_batch, options, progress)
     else:
         found = _remote(options.endpoint, metadata, progress)
         fixed = found.fixed_batch
@@ -259,15 +260,27 @@ def _max_batch(
 
 
 def _in_process(
-    path: Path | None,
-    metadata: ModelMetadata | None,
+    path: Path,
+    metadata: ModelMetadata,
+    max_batch: int,
     options: ScenarioOptions,
     progress: Callable[[str], None],
 ) -> _System:
+    """The session LoadGen's queries run on; TensorRT gets one profile for batches 1 to the
+    largest, so no engine is rebuilt while LoadGen times."""
     engine = options.engine
     provider = check_options(engine)
-    config = session_config(provider, engine)
+    config = session_config(
+        provider,
+        engine,
+        metadata=metadata,
+        model_sha256=sha256_of(path),
+        batch_sizes=(1, max_batch),
+    )
     progress(f"creating the {provider} session")
+    note = tensorrt_build_note(config)
+    if note:
+        progress(note)
     session = create_session(path, config)
     on_gpu = provider in (CUDA, TENSORRT) and engine.io_binding
     runner = OrtRunner(session, binding_device="cuda" if on_gpu else None)
