@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,11 @@ from PIL import Image
 from serving import (  # tests/ is on sys.path under pytest's default import mode
     ServedProcess,
     assert_clean_exit,
+    descendants,
     free_ports,
+    leftovers,
     running_server,
+    serve_command,
     start_server,
     stop_server,
 )
@@ -443,4 +447,47 @@ def test_log_cause_skips_the_noise():
         "E1130 04:30:20.000 1 model_lifecycle.cc:1] \"failed to load 'resnet18': boom\"\n"
     )
     assert log_cause(log) == "failed to load 'resnet18': boom"
+    # What this machine logs when the stub loads the system's libpython (seen with the fix off).
+    stub = (
+        'E1130 04:59:01.1 1 backend_model.cc:1] "ERROR: Failed to create instance: '
+        "TritonModelException: Model initialize error: Traceback (most recent call last):\\n"
+        '  File \\"x.py\\", line 100, in ensure_running\\n    if self._lock._recursion_count() '
+        "> 1:\\nAttributeError: '_thread.RLock' object has no attribute '_recursion_count'\\n"
+        '\\n\\nAt:\\n  /tmp/f/1/model.py(454): initialize\\n"\n'
+    )
+    cause = log_cause(stub)
+    assert cause.startswith("ERROR: Failed to create instance: TritonModelException: Model init")
+    assert "AttributeError: '_thread.RLock' object has no attribute '_recursion_count'" in cause
+    assert "another libpython" in cause and "\n" not in cause and "Traceback" not in cause
     assert log_cause("I1130 all good\n") is None
+
+
+def test_sigterm_while_starting_stops_cleanly(model):
+    """A signal before the models are ready ends the start: exit 130, nothing left behind."""
+    http, grpc, metrics = (str(p) for p in free_ports(3))
+    args = ["--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics]
+    server = ServedProcess(
+        subprocess.Popen(
+            serve_command(model, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ),
+        "resnet18",
+        None,
+        int(http),
+        int(grpc),
+        int(metrics),
+        Path("."),
+    )
+    deadline = time.monotonic() + 120
+    while not descendants(server.pid):  # tritonserver is being started
+        assert server.process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    server.record_resources()
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        _, err = server.process.communicate(timeout=90)
+    finally:
+        stop_server(server, signal.SIGKILL)
+    assert server.process.returncode == 130, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+    alive, segments = leftovers(server)
+    assert not alive and not segments, (alive, segments)
