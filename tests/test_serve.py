@@ -36,6 +36,7 @@ from serving import (  # tests/ is on sys.path under pytest's default import mod
     start_server,
     stop_server,
 )
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)")
@@ -315,8 +316,14 @@ def test_client_disconnecting_mid_request_leaves_server_healthy(server, referenc
 
 def test_overload_rejects_clearly_then_sigterm_drains(model, reference):
     args = ("--max-queue-size", "2", "--max-batch-size", "4", "--max-queue-delay-us", "0")
-    server = start_server(model, *args)
+    server = start_server(model, *args, "--instances", "2", "--threads", "1")
     try:
+        client = grpcclient.InferenceServerClient(server.grpc_address)
+        config = client.get_model_config(server.name).config
+        client.close()
+        kinds = [(g.count, g.kind) for g in config.instance_group]
+        assert kinds == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == 2
         x = batch(4, seed=3)
         expected = reference(x)
         ok = rejected = 0
