@@ -71,10 +71,18 @@ def reference(model: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def server(model: Path):
-    """The shared server; its SIGINT stop at the end must be clean too."""
-    with running_server(model, stop_signal=signal.SIGINT) as server:
+def server(model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The shared server; its SIGINT stop at the end must be clean, and its record right."""
+    record = tmp_path_factory.mktemp("serve") / "serve.json"
+    with running_server(model, "--json", str(record), stop_signal=signal.SIGINT) as server:
         yield server
+    result = json.loads(record.read_text())
+    assert result["stopped_by"] == "SIGINT"
+    assert result["endpoints"]["model_name"] == "resnet18"
+    assert result["endpoints"]["image_model_name"] == "resnet18_image"
+    assert result["endpoints"]["grpc_url"] == f"grpc://127.0.0.1:{server.grpc_port}"
+    assert result["max_batch_size"] == 32 and result["max_queue_size"] == 128
+    assert result["startup_s"] > 0 and result["uptime_s"] > 0
 
 
 def batch(size: int, seed: int = 0) -> np.ndarray:
