@@ -54,7 +54,7 @@ from resnet_deploy.images import open_rgb, preprocess
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
-from resnet_deploy.predict import softmax
+from resnet_deploy.predict import softmax, top_k
 from resnet_deploy.providers import SessionConfig, create_session, resolve_provider
 from resnet_deploy.runners import input_dtype
 from resnet_deploy.triton import (
@@ -448,14 +448,13 @@ def tensor_function(session: ort.InferenceSession) -> Callable:
 def image_function(
     session: ort.InferenceSession,
     metadata: ModelMetadata,
-    top_k: int,
+    k: int,
     fixed_batch: int | None,
     max_rows: int,
 ) -> Callable:
     """Encoded images -> preprocessing -> the model -> top-k; a bad row gets an ``error``."""
     from pytriton.decorators import batch
 
-    names = np.array([n.encode() for n in imagenet_classes()], dtype=object)
     dtype = input_dtype(session)
 
     @batch
@@ -469,19 +468,18 @@ def image_function(
                 good.append(row)
             except InputError as exc:
                 errors[row, 0] = str(exc).encode()
-        indices = np.zeros((rows, top_k), np.int64)
-        probabilities = np.zeros((rows, top_k), np.float32)
+        classes = np.full((rows, k), b"", dtype=object)
+        indices = np.zeros((rows, k), np.int64)
+        probabilities = np.zeros((rows, k), np.float32)
         if good:
             logits = run_rows(
                 session, metadata, np.stack(arrays).astype(dtype), fixed_batch, max_rows
             )
-            scores = softmax(logits)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-            indices[good] = order
-            probabilities[good] = np.take_along_axis(scores, order, axis=1)
-        classes = names[indices]
-        bad = [r for r in range(rows) if r not in set(good)]
-        classes[bad] = b""
+            for row, scores in zip(good, softmax(logits), strict=True):
+                best = top_k(scores, k)
+                classes[row] = [score.class_name.encode() for score in best]
+                indices[row] = [score.class_index for score in best]
+                probabilities[row] = [score.probability for score in best]
         return {
             "classes": classes,
             "class_indices": indices,
