@@ -54,7 +54,7 @@ from resnet_deploy.images import open_rgb, preprocess
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
-from resnet_deploy.predict import softmax
+from resnet_deploy.predict import softmax, top_k
 from resnet_deploy.providers import SessionConfig, create_session, resolve_provider
 from resnet_deploy.runners import input_dtype
 from resnet_deploy.triton import (
@@ -234,7 +234,12 @@ class ModelServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, progress: Callable[[str], None] = lambda step: None) -> Endpoints:
+    def start(
+        self,
+        progress: Callable[[str], None] = lambda step: None,
+        cancel: threading.Event | None = None,
+    ) -> Endpoints:
+        """Start and wait for readiness; ``cancel`` set meanwhile stops it (KeyboardInterrupt)."""
         started = time.perf_counter()
         if importlib.util.find_spec("pytriton") is None:
             raise ServeError(
@@ -259,7 +264,7 @@ class ModelServer:
         self._saved_library_path = put_libpython_first()
         try:
             self._triton = self._bind(sessions)
-            self._run_until_ready(progress)
+            self._run_until_ready(progress, cancel or threading.Event())
         except BaseException:
             self.stop()
             raise
@@ -273,7 +278,9 @@ class ModelServer:
 
         logging.getLogger("pytriton").setLevel(logging.ERROR)  # Triton's log file has the story
         options = self.options
+        assert self._folder is not None
         triton = Triton(
+            workspace=self._folder / "pytriton",  # removed with our folder, however stop ends
             config=TritonConfig(
                 http_address=options.host,
                 http_port=options.http_port,
@@ -285,7 +292,7 @@ class ModelServer:
                 exit_timeout_secs=options.drain_timeout_s,
                 log_file=self.log_file,
                 log_verbose=0,
-            )
+            ),
         )
         config = self.served.config
         batching = config.max_batch_size > 0
@@ -341,7 +348,7 @@ class ModelServer:
         assert self._folder is not None
         return self._folder / "tritonserver.log"
 
-    def _run_until_ready(self, progress: Callable[[str], None]) -> None:
+    def _run_until_ready(self, progress: Callable[[str], None], cancel: threading.Event) -> None:
         """``Triton.run`` in a thread, watched: a dead tritonserver or a failed load ends the wait.
 
         PyTriton's own wait polls a dead server for two minutes; this one stops as soon as the
@@ -366,6 +373,8 @@ class ModelServer:
         names = [self.name] + ([self.name + IMAGE_SUFFIX] if self._serves_images() else [])
         seen_server = False
         while True:
+            if cancel.is_set():
+                raise KeyboardInterrupt  # a signal before the models were ready
             if failure:
                 raise ServeError(self._cause(f"models failed to load ({failure[0]})"))
             alive = bool(tritonserver_pids())
@@ -400,8 +409,15 @@ class ModelServer:
     def stop(self) -> None:
         """Drain and stop tritonserver, end PyTriton's handlers, remove what they left."""
         if self._triton is not None:
-            self._triton.stop()  # SIGINT to tritonserver: stop taking, finish in flight, exit
-            self._triton = None
+            triton, self._triton = self._triton, None
+            # SIGINT to tritonserver: it stops taking requests, finishes those in flight and
+            # exits; then PyTriton ends its handlers. If tritonserver died while starting,
+            # PyTriton's start thread holds the lock stop() needs while it polls the dead server
+            # for two minutes: what it would clean up is removed below instead of waited for.
+            alive = bool(tritonserver_pids())
+            stopper = threading.Thread(target=triton.stop, name="triton-stop", daemon=True)
+            stopper.start()
+            stopper.join(self.options.drain_timeout_s + 45 if alive else 5)
         self._stopped.set()
         remove_shared_memory(os.getpid())
         if self._saved_library_path is not None:
@@ -432,14 +448,13 @@ def tensor_function(session: ort.InferenceSession) -> Callable:
 def image_function(
     session: ort.InferenceSession,
     metadata: ModelMetadata,
-    top_k: int,
+    k: int,
     fixed_batch: int | None,
     max_rows: int,
 ) -> Callable:
     """Encoded images -> preprocessing -> the model -> top-k; a bad row gets an ``error``."""
     from pytriton.decorators import batch
 
-    names = np.array([n.encode() for n in imagenet_classes()], dtype=object)
     dtype = input_dtype(session)
 
     @batch
@@ -453,19 +468,18 @@ def image_function(
                 good.append(row)
             except InputError as exc:
                 errors[row, 0] = str(exc).encode()
-        indices = np.zeros((rows, top_k), np.int64)
-        probabilities = np.zeros((rows, top_k), np.float32)
+        classes = np.full((rows, k), b"", dtype=object)
+        indices = np.zeros((rows, k), np.int64)
+        probabilities = np.zeros((rows, k), np.float32)
         if good:
             logits = run_rows(
                 session, metadata, np.stack(arrays).astype(dtype), fixed_batch, max_rows
             )
-            scores = softmax(logits)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-            indices[good] = order
-            probabilities[good] = np.take_along_axis(scores, order, axis=1)
-        classes = names[indices]
-        bad = [r for r in range(rows) if r not in set(good)]
-        classes[bad] = b""
+            for row, scores in zip(good, softmax(logits), strict=True):
+                best = top_k(scores, k)
+                classes[row] = [score.class_name.encode() for score in best]
+                indices[row] = [score.class_index for score in best]
+                probabilities[row] = [score.probability for score in best]
         return {
             "classes": classes,
             "class_indices": indices,
@@ -528,7 +542,7 @@ def serve(
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     server = ModelServer(model_path, options)
     try:
-        endpoints = server.start(progress)
+        endpoints = server.start(progress, cancel=stop)
         on_ready(endpoints, server.startup_s)
         stopped_by = ""
         while not stop.wait(1.0):
@@ -654,7 +668,13 @@ def log_cause(text: str) -> str | None:
     """The first telling error line of a tritonserver log, without its timestamp prefix."""
     for line in text.splitlines():
         if re.match(r"E\d{4} ", line) and not any(b in line for b in BENIGN_LOG_ERRORS):
-            message = line.split("] ", 1)[-1].strip().strip('"')
+            message = line.split("] ", 1)[-1].strip().strip('"').replace("\\n", "\n")
+            # A Python traceback logged as one line: keep its first line and its final error.
+            raised = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", message, re.M)
+            if "Traceback" in message and raised:
+                head = message.split("Traceback", 1)[0].strip().rstrip(":")
+                message = f"{head}: {raised[-1].strip()}"
+            message = " ".join(message.split())
             if "_recursion_count" in message or "libpython" in message:
                 message += (
                     " (the Python backend stub loaded another libpython than this "

@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +28,15 @@ from PIL import Image
 from serving import (  # tests/ is on sys.path under pytest's default import mode
     ServedProcess,
     assert_clean_exit,
+    descendants,
     free_ports,
+    leftovers,
     running_server,
+    serve_command,
     start_server,
     stop_server,
 )
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)")
@@ -66,10 +71,18 @@ def reference(model: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def server(model: Path):
-    """The shared server; its SIGINT stop at the end must be clean too."""
-    with running_server(model, stop_signal=signal.SIGINT) as server:
+def server(model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The shared server; its SIGINT stop at the end must be clean, and its record right."""
+    record = tmp_path_factory.mktemp("serve") / "serve.json"
+    with running_server(model, "--json", str(record), stop_signal=signal.SIGINT) as server:
         yield server
+    result = json.loads(record.read_text())
+    assert result["stopped_by"] == "SIGINT"
+    assert result["endpoints"]["model_name"] == "resnet18"
+    assert result["endpoints"]["image_model_name"] == "resnet18_image"
+    assert result["endpoints"]["grpc_url"] == f"grpc://127.0.0.1:{server.grpc_port}"
+    assert result["max_batch_size"] == 32 and result["max_queue_size"] == 128
+    assert result["startup_s"] > 0 and result["uptime_s"] > 0
 
 
 def batch(size: int, seed: int = 0) -> np.ndarray:
@@ -311,8 +324,14 @@ def test_client_disconnecting_mid_request_leaves_server_healthy(server, referenc
 
 def test_overload_rejects_clearly_then_sigterm_drains(model, reference):
     args = ("--max-queue-size", "2", "--max-batch-size", "4", "--max-queue-delay-us", "0")
-    server = start_server(model, *args)
+    server = start_server(model, *args, "--instances", "2", "--threads", "1")
     try:
+        client = grpcclient.InferenceServerClient(server.grpc_address)
+        config = client.get_model_config(server.name).config
+        client.close()
+        kinds = [(g.count, g.kind) for g in config.instance_group]
+        assert kinds == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == 2
         x = batch(4, seed=3)
         expected = reference(x)
         ok = rejected = 0
@@ -443,4 +462,47 @@ def test_log_cause_skips_the_noise():
         "E1130 04:30:20.000 1 model_lifecycle.cc:1] \"failed to load 'resnet18': boom\"\n"
     )
     assert log_cause(log) == "failed to load 'resnet18': boom"
+    # What this machine logs when the stub loads the system's libpython (seen with the fix off).
+    stub = (
+        'E1130 04:59:01.1 1 backend_model.cc:1] "ERROR: Failed to create instance: '
+        "TritonModelException: Model initialize error: Traceback (most recent call last):\\n"
+        '  File \\"x.py\\", line 100, in ensure_running\\n    if self._lock._recursion_count() '
+        "> 1:\\nAttributeError: '_thread.RLock' object has no attribute '_recursion_count'\\n"
+        '\\n\\nAt:\\n  /tmp/f/1/model.py(454): initialize\\n"\n'
+    )
+    cause = log_cause(stub)
+    assert cause.startswith("ERROR: Failed to create instance: TritonModelException: Model init")
+    assert "AttributeError: '_thread.RLock' object has no attribute '_recursion_count'" in cause
+    assert "another libpython" in cause and "\n" not in cause and "Traceback" not in cause
     assert log_cause("I1130 all good\n") is None
+
+
+def test_sigterm_while_starting_stops_cleanly(model):
+    """A signal before the models are ready ends the start: exit 130, nothing left behind."""
+    http, grpc, metrics = (str(p) for p in free_ports(3))
+    args = ["--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics]
+    server = ServedProcess(
+        subprocess.Popen(
+            serve_command(model, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ),
+        "resnet18",
+        None,
+        int(http),
+        int(grpc),
+        int(metrics),
+        Path("."),
+    )
+    deadline = time.monotonic() + 120
+    while not descendants(server.pid):  # tritonserver is being started
+        assert server.process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    server.record_resources()
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        _, err = server.process.communicate(timeout=90)
+    finally:
+        stop_server(server, signal.SIGKILL)
+    assert server.process.returncode == 130, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+    alive, segments = leftovers(server)
+    assert not alive and not segments, (alive, segments)
