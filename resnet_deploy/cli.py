@@ -968,6 +968,7 @@ PORT = Number(int, 0, 65535)
     show_default=True,
     help="On SIGINT/SIGTERM, longest wait for in-flight requests.",
 )
+@strict_placement_option
 @json_option("Write the run's record to FILE (- for stdout) when the server stops.")
 @force_option("Overwrite an existing JSON file.")
 @writes(["json_out"], inputs=["model"])

@@ -54,6 +54,7 @@ from resnet_deploy.images import open_rgb, preprocess
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
+from resnet_deploy.placement import check_placement
 from resnet_deploy.predict import softmax, top_k
 from resnet_deploy.providers import SessionConfig, create_session, resolve_provider
 from resnet_deploy.runners import input_dtype
@@ -97,6 +98,7 @@ class ServeOptions:
     # Triton's exit timeout: how long in-flight requests and open HTTP connections may hold
     # the shutdown (Triton's own default is 30 s, Kubernetes' whole grace period)
     drain_timeout_s: int = 20
+    strict_placement: bool = False  # refuse to start when compute nodes land on the CPU
 
 
 @dataclass(frozen=True)
@@ -249,11 +251,15 @@ class ModelServer:
         check_ports_free(self.options)
         progress(f"start {self.options.instances} ONNX Runtime session(s)")
         session_config = SessionConfig(
-            provider=self.options.provider, intra_op_threads=self.options.threads
+            provider=self.options.provider,
+            intra_op_threads=self.options.threads,
+            strict_placement=self.options.strict_placement,
         )
         sessions = [
             create_session(self.model_path, session_config) for _ in range(self.options.instances)
         ]
+        self.notes.append(sessions[0].placement.summary())
+        self.notes += check_placement(sessions[0].placement, strict=False)
         if self.options.image_model and self.served.metadata is None:
             self.notes.append(
                 f"{self.model_path} has no resnet-deploy metadata: no image model, since its "
