@@ -447,6 +447,13 @@ def test_a_batch_that_cannot_fit_is_refused_before_allocating(files) -> None:
     assert "verify at batch 60000, 224x224 needs about" in line and "available" in line
 
 
+def test_a_loadgen_target_whose_schedule_cannot_fit_is_refused_up_front(files) -> None:
+    args = ["--scenario", "server", "--target-qps", "900000", "--min-duration", "3600"]
+    line = one_line_error(invoke("bench", files["model"], *args))
+    assert "LoadGen's schedule of 3.24e+09 queries (900000/s for 3600 s) needs about" in line
+    assert line.endswith("lower --target-qps or --min-duration")
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -459,13 +466,6 @@ def test_a_batch_that_cannot_fit_is_refused_before_allocating(files) -> None:
         ["optimize", "{model}", "--precision", "int8", "--guard-samples", "0"],
     ],
 )
-def test_a_loadgen_target_whose_schedule_cannot_fit_is_refused_up_front(files) -> None:
-    args = ["--scenario", "server", "--target-qps", "900000", "--min-duration", "3600"]
-    line = one_line_error(invoke("bench", files["model"], *args))
-    assert "LoadGen's schedule of 3.24e+09 queries (900000/s for 3600 s) needs about" in line
-    assert line.endswith("lower --target-qps or --min-duration")
-
-
 def test_out_of_range_options_are_parse_time_errors(files, args) -> None:
     result = invoke(*[a.format(model=files["model"]) for a in args])
     assert result.exit_code == 2 and "Invalid value for" in result.output, result.output
