@@ -382,15 +382,23 @@ def measure(
     start = time.perf_counter()
     runner.infer(feed)
     first_ms = (time.perf_counter() - start) * 1e3
-    time_runs(runner.infer, feed, **_loop(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S))
-    timed = _loop(options.iterations, options.duration_s, DEFAULT_DURATION_S)
+    time_runs(
+        runner.infer, feed, **loop_bounds(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S)
+    )
+    timed = loop_bounds(options.iterations, options.duration_s, DEFAULT_DURATION_S)
     times, wall = time_runs(runner.infer, feed, **timed)
     return first_ms, summarize(times, wall, len(array)), [t * 1e3 for t in times]
 
 
-def _loop(runs: int | None, seconds: float | None, default_s: float) -> dict[str, Any]:
+def loop_bounds(
+    runs: int | None, seconds: float | None, default_s: float, *, limit_s: float | None = None
+) -> dict[str, Any]:
+    """Exactly ``runs`` runs or ``seconds`` (``default_s`` when neither is given), and with
+    ``limit_s`` never longer than that either way."""
     if runs is None and seconds is None:
-        return {"seconds": default_s}
+        seconds = default_s
+    if limit_s is not None:
+        seconds = min(seconds or limit_s, limit_s)
     return {"runs": runs, "seconds": seconds}
 
 
@@ -436,11 +444,16 @@ def _warnings(result: BatchResult) -> list[str]:
                 f"{name} unstable: coefficient of variation {cv:.2f} > {CV_WARNING} "
                 "(other load on the machine? run longer)"
             )
+    return notes + too_few_runs(result)
+
+
+def too_few_runs(result: BatchResult, unit: str = "timed runs") -> list[str]:
+    """A warning for each percentile too few runs cannot tell from the maximum."""
     short = [p for p, n in PERCENTILE_MIN_RUNS.items() if result.error is None and result.runs < n]
-    if short:
-        needed = ", ".join(f"{p} needs {PERCENTILE_MIN_RUNS[p]}" for p in short)
-        notes.append(f"only {result.runs} timed runs: {needed} to be more than the maximum")
-    return notes
+    if not short:
+        return []
+    needed = ", ".join(f"{p} needs {PERCENTILE_MIN_RUNS[p]}" for p in short)
+    return [f"only {result.runs} {unit}: {needed} to be more than the maximum"]
 
 
 def write_plot(report: BenchReport, path: Path, *, replace: bool = False) -> None:

@@ -23,13 +23,14 @@ from resnet_deploy.bench import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_DURATION_S,
     DEFAULT_WARMUP_S,
-    PERCENTILE_MIN_RUNS,
     BatchResult,
     BenchOptions,
     BenchReport,
     bench,
     check_options,
+    loop_bounds,
     summarize,
+    too_few_runs,
 )
 from resnet_deploy.endpoint import (
     EndpointModel,
@@ -164,22 +165,19 @@ def _bench_batch(
         result.first_inference_ms = (time.perf_counter() - start) * 1e3
     clients = report.concurrency
     progress(f"batch {batch}: warming up and timing {clients} client(s) of {model.url}")
-    warmup = _loop(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S)
+    warmup = loop_bounds(
+        options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S, limit_s=LOOP_LIMIT_S
+    )
     time_requests(model, array, concurrency=clients, timeout_s=timeout_s, **warmup)
-    timed = _loop(options.iterations, options.duration_s, DEFAULT_DURATION_S)
+    timed = loop_bounds(
+        options.iterations, options.duration_s, DEFAULT_DURATION_S, limit_s=LOOP_LIMIT_S
+    )
     times, wall = time_requests(model, array, concurrency=clients, timeout_s=timeout_s, **timed)
     if not times:
         raise ResnetDeployError(f"batch {batch}: no request completed in the timed loop")
     for key, value in summarize(times, wall, batch).items():
         setattr(result, key, value)
     progress(f"batch {batch}: served p50 {result.p50_ms:.2f} ms over {result.runs} requests")
-
-
-def _loop(runs: int | None, seconds: float | None, default_s: float) -> dict:
-    """Exactly ``runs`` requests or ``seconds``, and never beyond LOOP_LIMIT_S either way."""
-    if runs is None and seconds is None:
-        seconds = default_s
-    return {"runs": runs, "seconds": min(seconds or LOOP_LIMIT_S, LOOP_LIMIT_S)}
 
 
 def _warnings(result: BatchResult) -> list[str]:
@@ -189,11 +187,7 @@ def _warnings(result: BatchResult) -> list[str]:
             f"served latency unstable: coefficient of variation {result.cv:.2f} > {CV_WARNING} "
             "(other load on the client or server? run longer)"
         )
-    short = [p for p, n in PERCENTILE_MIN_RUNS.items() if result.error is None and result.runs < n]
-    if short:
-        needed = ", ".join(f"{p} needs {PERCENTILE_MIN_RUNS[p]}" for p in short)
-        notes.append(f"only {result.runs} timed requests: {needed} to be more than the maximum")
-    return notes
+    return notes + too_few_runs(result, "timed requests")
 
 
 def _overhead(served: BatchResult, local: BatchResult) -> ServingOverhead:
