@@ -11,6 +11,7 @@ import click
 
 from resnet_deploy import __version__
 from resnet_deploy.errors import ResnetDeployError
+from resnet_deploy.int8target import TARGETS as INT8_TARGETS
 from resnet_deploy.model import ARCHS, VARIANTS
 from resnet_deploy.providers import CUDNN_ALGOS
 from resnet_deploy.report import write_json
@@ -676,6 +677,13 @@ def run(
     help="int8 calibration method.",
 )
 @click.option("--per-channel/--per-tensor", default=True, show_default=True)
+@click.option(
+    "--target",
+    type=click.Choice(INT8_TARGETS),
+    default="cpu",
+    show_default=True,
+    help="int8: the machine it will run on (cpu: x86 with VNNI; cpu-avx2: older x86; tensorrt).",
+)
 @click.option("--exclude", default="", help="Comma-separated nodes or modules to keep in float.")
 @click.option(
     "-o",
@@ -696,6 +704,7 @@ def optimize(
     samples: int,
     method: str,
     per_channel: bool,
+    target: str,
     exclude: str,
     output: Path | None,
     force: bool,
@@ -709,6 +718,7 @@ def optimize(
     Examples:
       resnet-deploy optimize resnet50.onnx --precision int8
       resnet-deploy optimize resnet50.onnx --precision int8 --calibration imgs/ --exclude conv1,fc
+      resnet-deploy optimize resnet50.onnx --precision int8 --target tensorrt
       resnet-deploy optimize resnet50.onnx --precision fp16 -o resnet50.fp16.onnx
     """
     from resnet_deploy.optimize import GuardFailed, OptimizeOptions, format_result, optimize_model
@@ -720,6 +730,7 @@ def optimize(
         samples=samples,
         method=method,
         per_channel=per_channel,
+        target=target,
         exclude=tuple(name.strip() for name in exclude.split(",") if name.strip()),
         guard=not no_guard,
         guard_samples=guard_samples,
