@@ -22,6 +22,7 @@ import torch
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output
+from resnet_deploy.int8target import file_target, require_target, tensorrt_int8_options
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.model import rebuild_model
 from resnet_deploy.onnxfile import load_with_metadata
@@ -112,6 +113,7 @@ class BenchReport:
     input_dtype: str = ""
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)  # as ORT reports
     batches: list[BatchResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. an int8 file made for other CPUs
 
 
 def check_options(options: BenchOptions) -> str:
@@ -154,10 +156,15 @@ def bench(
     """Bench every batch size; a failed one is recorded, a provider fallback refuses the run."""
     provider = check_options(options)
     model_path = Path(model_path)
-    _, metadata = load_with_metadata(model_path)
+    proto, metadata = load_with_metadata(model_path)
     batch_sizes = _batch_sizes(options.batch_sizes, metadata, model_path)
+    warnings = require_target(proto, metadata, provider, name=str(model_path))
+    for warning in warnings:
+        progress(f"warning: {warning}")
     environment = describe_environment()
     config = session_config(provider, options)
+    if provider == TENSORRT:
+        config.provider_options |= tensorrt_int8_options(file_target(proto, metadata))
     threads = config.intra_op_threads
     on_gpu = provider in (CUDA, TENSORRT)
     report = BenchReport(
@@ -171,6 +178,7 @@ def bench(
         graph_optimization=config.graph_optimization,
         options=options,
         environment=environment,
+        warnings=warnings,
     )
     eager: list[torch.nn.Module] = []  # built on first use, after the provider proved it runs
     for batch in batch_sizes:

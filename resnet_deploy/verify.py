@@ -24,6 +24,12 @@ from resnet_deploy.compare import OutputErrors, Tolerance, compare_outputs
 from resnet_deploy.errors import InputError
 from resnet_deploy.export import MIN_IMAGE_SIZE
 from resnet_deploy.images import list_images, load_batch
+from resnet_deploy.int8target import (
+    TENSORRT,
+    file_target,
+    require_target,
+    tensorrt_int8_options,
+)
 from resnet_deploy.localize import Localization, localize
 from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_STD, read_metadata
 from resnet_deploy.model import (
@@ -102,6 +108,7 @@ class VerifyReport:
     localization: Localization | None = None
     seconds: float = 0.0
     passed: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. an int8 file made for other CPUs
 
     def summary(self) -> str:
         """One line: the verdict, and for a failure the first failing shape and why."""
@@ -139,7 +146,13 @@ def verify(
     check_options(options)
     model_path = Path(model_path)
     proto = load_onnx(model_path)
+    provider, metadata = resolve_provider(options.provider), read_metadata(proto)
+    warnings = require_target(proto, metadata, provider, name=str(model_path))
+    for warning in warnings:
+        progress(f"warning: {warning}")
     config = session_config(options)
+    if provider == TENSORRT:
+        config.provider_options |= tensorrt_int8_options(file_target(proto, metadata))
     progress(f"start ONNX Runtime on {resolve_provider(options.provider)}")
     session = create_session(model_path, config)  # first: a provider that cannot run fails fast
     progress("rebuild the eager model")
@@ -169,6 +182,7 @@ def verify(
         torch_tf32={},
         tolerance=tolerance,
         shape_note=shape_note,
+        warnings=warnings,
     )
     eager32 = reference.built.model
     eager64 = copy.deepcopy(eager32).double()
