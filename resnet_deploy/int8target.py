@@ -9,8 +9,8 @@
   multiplies with VPMADDUBSW, which adds two u8 x s8 products into a *saturating* 16-bit sum:
   255 * 127 * 2 = 64770 overflows 32767, while 255 * 64 * 2 = 32640 cannot. Exact on any x86.
 - ``tensorrt``: symmetric s8 activations and s8 per-channel weights, every zero point 0, float
-  biases, one Q/DQ pair per consumer: the explicit-quantization form TensorRT builds int8
-  engines from. TensorRT has no u8 Q/DQ and no zero points; the CUDA provider has no int8
+  biases and logits, one Q/DQ pair per consumer: the explicit-quantization form TensorRT builds
+  int8 engines from. TensorRT has no u8 Q/DQ and no zero points; the CUDA provider has no int8
   convolutions at all (it runs Q/DQ around float kernels).
 
 ``check_target`` is the rule; ``require_target`` applies it (refusal as InputError, warnings
@@ -42,7 +42,7 @@ class Scheme:
 
     activations: str  # "uint8" or "int8"
     reduce_range: bool  # 7-bit weights
-    extra_options: dict[str, bool] = field(default_factory=dict)
+    extra_options: dict[str, object] = field(default_factory=dict)
     description: str = ""
 
 
@@ -59,6 +59,9 @@ SCHEMES = {
             "WeightSymmetric": True,
             "QuantizeBias": False,  # TensorRT dequantizes int8, not the int32 bias tensors
             "DedicatedQDQPair": True,  # one consumer per Q/DQ pair, as TensorRT fuses them
+            # Inputs of weighted ops are quantized, not their outputs (TensorRT's placement
+            # advice): the classifier's logits stay float instead of passing through int8.
+            "OpTypesToExcludeOutputQuantization": ["Gemm"],
         },
         "symmetric int8 activations, zero points 0, float biases (for TensorRT)",
     ),

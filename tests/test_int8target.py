@@ -140,6 +140,9 @@ def test_tensorrt_target_is_symmetric_int8_as_tensorrt_builds_it(
         assert int(np.abs(quantized.astype(np.int32)).max()) <= 127  # TensorRT: [-127, 127]
     # Biases stay float: TensorRT dequantizes int8, not the int32 a quantized bias would be.
     assert not [t.name for t in proto.graph.initializer if t.data_type == TensorProto.INT32]
+    # The logits come straight from the classifier, in float: no Q/DQ after a weighted op.
+    last = next(n for n in proto.graph.node if proto.graph.output[0].name in n.output)
+    assert last.op_type == "Gemm"
     # Every activation DequantizeLinear feeds exactly one node (dedicated pairs).
     consumers: dict[str, int] = {}
     for node in proto.graph.node:
