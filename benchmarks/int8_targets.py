@@ -4,22 +4,29 @@
 
 Exports the model (random weights), makes one int8 file per ``--target`` with ``optimize`` (the
 accuracy guard on, its min cosine and top-1 agreement recorded), benches fp32 and each file on
-ONNX Runtime's CPU provider at batch 1 and 8, and prints a Markdown table; with ``--out`` the
-table and the JSON records are written there. The ``tensorrt`` row is a check of that file's
+ONNX Runtime's CPU provider at batch 1 and 8 (``bench``, one file after the other), then again
+interleaved (every file in turn, round after round, in one process: the fair comparison when
+the machine is shared), and prints a Markdown table; with ``--out`` the table and the JSON
+records are written there. The ``tensorrt`` row is a check of that file's
 numerics on the CPU, not of TensorRT's speed. Whether this CPU has VNNI heads the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
-from resnet_deploy.bench import BenchOptions, bench
+import numpy as np
+
+from resnet_deploy.bench import BenchOptions, bench, session_config
 from resnet_deploy.export import ExportOptions, export_model
 from resnet_deploy.files import write_text_atomic
 from resnet_deploy.int8target import TARGETS, cpu_flags, has_vnni
 from resnet_deploy.optimize import OptimizeOptions, optimize_model
+from resnet_deploy.providers import create_session
 from resnet_deploy.report import to_json
 
 
@@ -59,7 +66,35 @@ def measure(args: argparse.Namespace, folder: Path) -> tuple[list[dict], list]:
                     "warnings": report.warnings,
                 }
             )
+    paths = {name: path for name, (path, _) in files.items()}
+    for batch, median_ms in interleaved(paths, args.rounds).items():
+        for row in rows:
+            if row["batch"] == batch:
+                row["interleaved_p50_ms"] = median_ms[row["file"]]
     return rows, records
+
+
+def interleaved(paths: dict[str, Path], rounds: int) -> dict[int, dict[str, float]]:
+    """Median ms per file and batch size, every file timed in turn in each round."""
+    sessions = {
+        name: create_session(path, session_config("cpu", BenchOptions()))
+        for name, path in paths.items()
+    }
+    medians = {}
+    for batch, runs in ((1, 5), (8, 2)):
+        feed = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for session in sessions.values():
+            session.run(None, {session.get_inputs()[0].name: feed})  # warm-up
+        for _ in range(rounds):
+            for name, session in sessions.items():
+                inputs = {session.get_inputs()[0].name: feed}
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    session.run(None, inputs)
+                    times[name].append(time.perf_counter() - start)
+        medians[batch] = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    return medians
 
 
 def table(rows: list[dict], note: str) -> str:
@@ -67,12 +102,14 @@ def table(rows: list[dict], note: str) -> str:
     lines = [
         f"CPU VNNI: {'yes' if vnni else 'no' if vnni is False else 'unknown'}. {note}".strip(),
         "",
-        "| file | batch | p50 ms | images/s | guard min cosine | guard min top-1 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| file | batch | bench p50 ms | images/s | interleaved p50 ms | guard min cosine "
+        "| guard min top-1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['file']} | {r['batch']} | {r['p50_ms']:.1f} | {r['images_per_s']:.1f} "
+            f"| {r['interleaved_p50_ms']:.1f} "
             f"| {r['min_cosine']:.4f} | {r['min_top1_agreement']:.2f} |"
         )
     return "\n".join(lines)
@@ -84,6 +121,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="timed s per batch")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up s per batch")
     parser.add_argument("--guard-samples", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--note", default="", help="conditions, e.g. 'quiet machine'")
     parser.add_argument("--out", type=Path, help="folder for int8-targets.md and .json")
     args = parser.parse_args()
