@@ -8,9 +8,10 @@ export; verify on CUDA (TF32 off, verify's default); bench on CUDA, fp32 and fp1
 64 and 256 with IO binding, then with a CUDA graph at batch 8; optimize --target tensorrt; bench
 of the int8 file on CUDA (for its node placement); bench on TensorRT with the engine cache, the
 fp32 file with fp16 kernels and the int8 file; serve on CUDA with bench --url at concurrency
-64; LoadGen Offline on TensorRT with the number of engine builds it caused; verify on TensorRT;
-bench of the fp16 file on TensorRT. A step that fails or times out is recorded with its cause
-and the next one runs; when the overall budget is spent, the rest are recorded as skipped.
+64; LoadGen Offline on TensorRT (fp16 kernels) with the number of engine builds it caused;
+verify on TensorRT; bench of the fp16 file on TensorRT. A step that fails or times out is
+recorded with its cause and the next one runs; when the overall budget is spent, the rest are
+recorded as skipped.
 
 Writes ``OUT/gpu_check.json``: every step's command, seconds, exit code, status, cause, the
 JSON record the command wrote, and a placement table (nodes per provider for the fp32, fp16
@@ -142,7 +143,7 @@ def plan(arch: str, work: Path) -> list[Step]:
             "loadgen offline tensorrt",
             150,
             "bench",
-            int8,
+            fp32,  # fp16 kernels: loadgen.py does not yet pass int8 files their trt_int8_enable
             *trt,
             "--scenario offline --min-duration 5 --force",
             info_log=True,
