@@ -22,6 +22,7 @@ import torch
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output
+from resnet_deploy.int8target import require_target
 from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.model import rebuild_model
@@ -131,6 +132,7 @@ class BenchReport:
     eager_baseline: str = ""  # how PyTorch eager ran: device, dtype, cuDNN search, TF32
     batches: list[BatchResult] = field(default_factory=list)
     run_times: list[RunTimes] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. an int8 file made for other CPUs
 
 
 def check_options(options: BenchOptions) -> str:
@@ -173,7 +175,7 @@ def bench(
     """Bench every batch size; a failed one is recorded, a provider fallback refuses the run."""
     provider = check_options(options)
     model_path = Path(model_path)
-    _, metadata = load_with_metadata(model_path)
+    proto, metadata = load_with_metadata(model_path)
     batch_sizes = _batch_sizes(options.batch_sizes, metadata, model_path)
     largest = max(batch_sizes)
     eager_bytes = activation_bytes(metadata.arch, largest, metadata.image_size)
@@ -181,6 +183,9 @@ def bench(
         2 * input_bytes(largest, metadata.image_size) + 2 * eager_bytes,  # ORT, then eager
         f"bench at batch {largest}, {metadata.image_size}x{metadata.image_size}",
     )
+    warnings = require_target(proto, metadata, provider, name=str(model_path))
+    for warning in warnings:
+        progress(f"warning: {warning}")
     environment = describe_environment()
     model_sha256 = sha256_of(model_path)
     base = session_config(provider, options)
@@ -197,6 +202,7 @@ def bench(
         graph_optimization=base.graph_optimization,
         options=options,
         environment=environment,
+        warnings=warnings,
     )
     eager: list[torch.nn.Module] = []  # built on first use, after the provider proved it runs
     for batch in batch_sizes:

@@ -22,6 +22,7 @@ import click
 from resnet_deploy import __version__
 from resnet_deploy.errors import ResnetDeployError, Terminated
 from resnet_deploy.files import STDOUT, check_outputs
+from resnet_deploy.int8target import TARGETS as INT8_TARGETS
 from resnet_deploy.metadata import ARCHS, MAX_BATCH, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, VARIANTS
 from resnet_deploy.providers import CUDNN_ALGOS
 from resnet_deploy.report import write_json
@@ -815,6 +816,13 @@ def run(json_out: str | None, force: bool, **options: Any) -> None:
     help="int8 calibration method [default: minmax].",
 )
 @click.option("--per-channel/--per-tensor", default=True, show_default=True)
+@click.option(
+    "--target",
+    type=click.Choice(INT8_TARGETS),
+    default="cpu",
+    show_default=True,
+    help="int8: the machine it will run on (cpu: x86 with VNNI; cpu-avx2: older x86; tensorrt).",
+)
 @click.option("--exclude", default="", help="Comma-separated nodes or modules to keep in float.")
 @click.option(
     "-o", "--output", type=OUTPUT_FILE, help="Output file [default: MODEL.PRECISION.onnx]."
@@ -842,6 +850,7 @@ def optimize(
     Examples:
       resnet-deploy optimize resnet50.onnx --precision int8
       resnet-deploy optimize resnet50.onnx --precision int8 --calibration imgs/ --exclude conv1,fc
+      resnet-deploy optimize resnet50.onnx --precision int8 --target tensorrt
       resnet-deploy optimize resnet50.onnx --precision fp16 -o resnet50.fp16.onnx
     """
     from resnet_deploy.optimize import GuardFailed, OptimizeOptions, format_result, optimize_model

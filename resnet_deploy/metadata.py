@@ -58,6 +58,7 @@ class ModelMetadata:
     preprocessing: str = "imagenet"  # resize 256/224 of the crop, center crop, normalise
     precision: str = "fp32"  # fp32, fp16 or int8
     calibration: str = ""  # how an int8 model was calibrated
+    target: str = ""  # int8: the machine it was made for (int8target.TARGETS); "" before targets
 
     def to_props(self) -> dict[str, str]:
         """Every field as a string; tuples and None as JSON so they read back exactly."""

@@ -1,10 +1,12 @@
 """Optimize: fp16 and int8 models that are faster and provably still the same model.
 
-int8 is ONNX Runtime's static QDQ quantization with per-channel signed weights and *unsigned*
-activations. On x86 CPUs with VNNI only the u8-activation/s8-weight pair lets ONNX Runtime fuse
-every Conv and residual Add into quantized kernels: measured on this project's 2-core EPYC,
-ResNet50 at batch 1 ran 15 ms as u8/s8 against 54 ms as s8/s8 (ONNX Runtime's default) and
-47 ms in fp32. Dynamic quantization is not offered: for a CNN it is slower than fp32.
+int8 is ONNX Runtime's static QDQ quantization with per-channel signed weights, in the form the
+machine that will run it needs (``--target``, see resnet_deploy.int8target): *unsigned*
+activations for CPUs (only the u8-activation/s8-weight pair lets ONNX Runtime fuse every Conv
+and residual Add into quantized kernels: measured on a 2-core EPYC, ResNet50 at batch 1 ran
+15 ms as u8/s8 against 54 ms as s8/s8 and 47 ms in fp32), 7-bit weights for x86 CPUs without
+VNNI, symmetric signed activations for TensorRT. Dynamic quantization is not offered: for a CNN
+it is slower than fp32.
 
 fp16 keeps float32 inputs and outputs (a Cast at each end), so callers change nothing.
 
@@ -29,6 +31,7 @@ import onnx
 
 from resnet_deploy.errors import InputError, NumericsError, ProviderError, failures_of
 from resnet_deploy.files import atomic_output, check_output_path
+from resnet_deploy.int8target import DEFAULT_TARGET, SCHEMES, TARGETS, cpu_flags, machine_note
 from resnet_deploy.metadata import ModelMetadata, write_metadata
 from resnet_deploy.onnxfile import load_with_metadata
 from resnet_deploy.providers import CPU
@@ -57,6 +60,7 @@ class OptimizeOptions:
     guard: bool = True
     guard_samples: int = 16
     force: bool = False
+    target: str = DEFAULT_TARGET  # int8: cpu, cpu-avx2 or tensorrt (see int8target)
 
 
 @dataclass
@@ -68,6 +72,7 @@ class OptimizeResult:
     ops: dict[str, int] = field(default_factory=dict)
     excluded_nodes: list[str] = field(default_factory=list)
     file_bytes: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. a cpu target made on a non-VNNI CPU
     guard: VerifyReport | None = None  # the accuracy guard's verification
     guard_scope: str = ""  # what the guard's provider really checked (fp16 on CPU: weights only)
 
@@ -87,6 +92,8 @@ def optimize_model(
         raise InputError(f"unknown calibration method {options.method!r}")
     if options.samples < 1:
         raise InputError(f"--samples must be at least 1, got {options.samples}")
+    if options.target not in TARGETS:
+        raise InputError(f"unknown int8 target {options.target!r}; choose {', '.join(TARGETS)}")
     output = options.output or default_output(source, options.precision)
     check_output_path(output, force=options.force, inputs=[source])
     model, metadata = load_with_metadata(source)
@@ -107,9 +114,12 @@ def optimize_model(
             f"static QDQ, {options.method} calibration on {len(calibration)} "
             f"{'random inputs' if options.calibration == 'random' else 'images'}, "
             f"{'per-channel' if options.per_channel else 'per-tensor'} int8 weights, "
-            "uint8 activations"
+            + SCHEMES[options.target].description
         )
-    new_metadata = replace(metadata, precision=options.precision, calibration=details)
+    target = options.target if options.precision == "int8" else ""
+    new_metadata = replace(
+        metadata, precision=options.precision, calibration=details, target=target
+    )
     write_metadata(converted, new_metadata)
     result = OptimizeResult(
         source=source,
@@ -119,6 +129,9 @@ def optimize_model(
         ops=dict(Counter(n.op_type for n in converted.graph.node).most_common()),
         excluded_nodes=sorted(excluded),
     )
+    if target == "cpu" and (note := machine_note(cpu_flags())):
+        result.notes.append(note)
+        progress(f"note: {note}")
     with atomic_output(output, replace=options.force) as tmp:
         onnx.save(converted, tmp)
         if options.guard:
@@ -253,6 +266,7 @@ def to_int8(
             progress(f"calibrating {self.position}/{len(calibration)}")
             return {input_name: calibration[self.position - 1]}
 
+    scheme = SCHEMES[options.target]
     # The calibrators print their progress to stdout, where a --json record goes.
     with tempfile.TemporaryDirectory() as work, redirect_stdout(sys.stderr):
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "quantized.onnx"
@@ -263,10 +277,12 @@ def to_int8(
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=options.per_channel,
-            activation_type=QuantType.QUInt8,
+            reduce_range=scheme.reduce_range,
+            activation_type=QuantType.QUInt8 if scheme.activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(excluded),
             calibrate_method=methods[options.method],
+            extra_options=dict(scheme.extra_options),
         )
         return onnx.load(str(quantized))
 
@@ -276,12 +292,15 @@ def format_result(result: OptimizeResult) -> str:
     meta = result.metadata
     written = f"wrote {result.output} ({result.file_bytes / 1e6:.1f} MB)"
     lines = [
-        f"{written if result.output else 'nothing written'}, {meta.precision}: {meta.calibration}",
+        f"{written if result.output else 'nothing written'}, {meta.precision}"
+        + (f" for --target {meta.target}" if meta.target else "")
+        + f": {meta.calibration}",
         "steps: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in result.step_seconds.items()),
         "ops: " + ", ".join(f"{op} {n}" for op, n in result.ops.items()),
     ]
     if result.excluded_nodes:
         lines.append("kept in float: " + ", ".join(result.excluded_nodes))
+    lines += [f"note: {note}" for note in result.notes]
     if result.guard is None:
         lines.append("accuracy guard: off (--no-guard); run `resnet-deploy verify` on the file")
     else:

@@ -185,12 +185,17 @@ def create_session(model: Path | bytes, config: SessionConfig) -> StrictSession:
 def registered_providers(
     provider: str, options: dict[str, Any], proto: Any | None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """``[(provider, options)]``; TensorRT with CUDA after it and fp16 on for fp16 files."""
+    """``[(provider, options)]``; TensorRT with CUDA after it, fp16 on for fp16 files and int8
+    on for int8 files made for TensorRT (every command, LoadGen and serve included)."""
     if provider != TENSORRT:
         return [(provider, options)]
     metadata = read_metadata(proto) if proto is not None else None
     if metadata is not None and metadata.precision == "fp16":
         options = {"trt_fp16_enable": "True"} | options  # an explicit choice wins
+    if proto is not None:
+        from resnet_deploy.int8target import file_target, tensorrt_int8_options  # it imports us
+
+        options = tensorrt_int8_options(file_target(proto, metadata)) | options
     cuda = {"device_id": str(options.get("device_id", 0))}
     return [(TENSORRT, options), (CUDA, cuda)]
 

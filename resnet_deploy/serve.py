@@ -51,6 +51,7 @@ from tritonclient.utils import triton_to_np_dtype
 
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.images import open_rgb, preprocess
+from resnet_deploy.int8target import require_target
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
@@ -162,12 +163,15 @@ class ServedModel:
     config: mc.ModelConfig
     metadata: ModelMetadata | None
     fixed_batch: int | None  # the ONNX batch when it is not dynamic
+    warnings: tuple[str, ...] = ()  # e.g. an int8 file made for CPUs with VNNI
 
 
 def served_model(model_path: Path, options: ServeOptions) -> ServedModel:
     """The config `triton` would write for this file, with serve's batching options."""
     model = load_onnx(model_path)
-    metadata = read_metadata(model)
+    metadata = read_metadata(model, model_path)
+    provider = resolve_provider(options.provider)
+    warnings = require_target(model, metadata, provider, name=str(model_path))  # or refuses
     name = model_name(model_path, metadata, options.name)
     inputs, outputs = tensor_specs(model)
     triton_options = TritonOptions(
@@ -181,7 +185,7 @@ def served_model(model_path: Path, options: ServeOptions) -> ServedModel:
     max_batch, preferred = resolve_batching(triton_options, inputs, outputs)
     config = build_config(name, inputs, outputs, triton_options, max_batch, preferred, set())
     first = inputs[0].shape[0] if inputs and inputs[0].shape else -1
-    return ServedModel(config, metadata, None if first == -1 else first)
+    return ServedModel(config, metadata, None if first == -1 else first, tuple(warnings))
 
 
 def np_dtype(data_type: int) -> type:
@@ -201,7 +205,7 @@ class ModelServer:
         self.model_path = Path(model_path)
         self.options = options
         self.served = served_model(self.model_path, options)
-        self.notes: list[str] = []
+        self.notes: list[str] = list(self.served.warnings)
         self.startup_s = 0.0
         self._triton: Any = None
         self._folder: Path | None = None

@@ -30,9 +30,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from resnet_deploy import __version__
 from resnet_deploy.errors import InputError
 from resnet_deploy.files import write_text_atomic
+from resnet_deploy.int8target import file_target, require_target
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
+from resnet_deploy.providers import CPU, CUDA, TENSORRT
 from resnet_deploy.report import format_table
 
 PLATFORM = "onnxruntime_onnx"
@@ -280,8 +282,8 @@ def check_config(config: mc.ModelConfig) -> None:
             problems.append("instance_group needs kind KIND_GPU or KIND_CPU and count >= 1")
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     for accelerator in accelerators:
-        if accelerator.parameters.get("precision_mode", "FP32") not in ("FP32", "FP16"):
-            problems.append("TensorRT precision_mode must be FP32 or FP16")
+        if accelerator.parameters.get("precision_mode", "FP32") not in ("FP32", "FP16", "INT8"):
+            problems.append("TensorRT precision_mode must be FP32, FP16 or INT8")
     dims = {io.name: list(io.dims) for io in config.input}
     for sample in config.model_warmup:
         if sample.batch_size < 1 or (config.max_batch_size == 0 and sample.batch_size != 1):
@@ -328,17 +330,22 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
     model = load_onnx(model_path)
     metadata = read_metadata(model, model_path)
     name = model_name(model_path, metadata, options.name)
+    provider = TENSORRT if options.tensorrt else {"gpu": CUDA, "cpu": CPU}[options.kind]
+    target_notes = require_target(model, metadata, provider, local=False, name=str(model_path))
     inputs, outputs = tensor_specs(model)
     max_batch, preferred = resolve_batching(options, inputs, outputs)
     classes = imagenet_classes()
     labelled = {o.name for o in outputs if o.shape and o.shape[-1] == len(classes)}
     config = build_config(name, inputs, outputs, options, max_batch, preferred, labelled)
+    if options.tensorrt and file_target(model, metadata) == "tensorrt":
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        accelerator.parameters["precision_mode"] = "INT8"  # Q/DQ needs int8 on in the builder
     text = render_config(config, model_path.name)
     labels_text = "".join(f"{c}\n" for c in classes)
 
     model_dir = Path(options.repo) / name
     version_dir = model_dir / str(options.version)
-    notes = _check_other_versions(model_dir, options.version, inputs, outputs)
+    notes = target_notes + _check_other_versions(model_dir, options.version, inputs, outputs)
     notes += _check_existing(model_dir, options, config, labels_text if labelled else None)
     repo_path = Path(options.repo).resolve()
     manifest_file = repo_path.parent / f"{repo_path.name}-{name}{KSERVE_SUFFIX}"

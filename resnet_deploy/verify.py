@@ -23,6 +23,7 @@ import torch
 from resnet_deploy.compare import OutputErrors, Tolerance, compare_outputs
 from resnet_deploy.errors import InputError
 from resnet_deploy.images import list_images, load_batch
+from resnet_deploy.int8target import require_target
 from resnet_deploy.localize import Localization, localize
 from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import (
@@ -115,6 +116,7 @@ class VerifyReport:
     localization: Localization | None = None
     seconds: float = 0.0
     passed: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. an int8 file made for other CPUs
 
     def summary(self) -> str:
         """One line: the verdict, and for a failure the first failing shape and why."""
@@ -153,6 +155,10 @@ def verify(
     model_path = Path(model_path)
     proto = load_onnx(model_path)
     metadata = read_metadata(proto, model_path)
+    provider = resolve_provider(options.provider)
+    target_warnings = require_target(proto, metadata, provider, name=str(model_path))
+    for warning in target_warnings:
+        progress(f"warning: {warning}")
     variant = metadata.variant if metadata else options.variant or "torchvision"
     shapes, shape_note = plan_shapes(proto, options, variant)
     mean, std = (metadata.mean, metadata.std) if metadata else (IMAGENET_MEAN, IMAGENET_STD)
@@ -194,7 +200,7 @@ def verify(
         shape_note=shape_note,
         tf32=tf32,
         placement=session.placement,
-        warnings=check_placement(session.placement, strict=False),
+        warnings=target_warnings + check_placement(session.placement, strict=False),
     )
     eager32 = reference.built.model
     eager64 = copy.deepcopy(eager32).double()
