@@ -735,3 +735,56 @@ def optimize(
     emit_json(result, json_out)
     if json_out != "-":
         click.echo(format_result(result))
+
+
+@main.command("profile")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads [default: physical cores].")
+@click.option("--runs", type=int, default=20, show_default=True, help="Profiled runs.")
+@click.option("--warmup", "warmup_runs", type=int, default=5, show_default=True)
+@click.option(
+    "--compare",
+    type=click.Choice(["openvino"]),
+    help="Also profile the same file with OpenVINO's per-layer counters.",
+)
+@click.option(
+    "--optimized-model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the graph ONNX Runtime optimized and ran in FILE.onnx.",
+)
+@click.option(
+    "--plot",
+    "plot_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Roofline-style plot of every Conv to FILE.png.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@json_option()
+def profile_command(
+    model: Path,
+    plot_out: Path | None,
+    force: bool,
+    json_out: str | None,
+    **options: Any,
+) -> None:
+    """Where ONNX Runtime spends its time: per layer and op type, against this CPU's peak.
+
+    \b
+    Examples:
+      resnet-deploy profile resnet50.int8.onnx
+      resnet-deploy profile resnet50.int8.onnx --batch-size 8 --compare openvino --plot p.png
+    """
+    from resnet_deploy.files import check_output_path
+    from resnet_deploy.profile import ProfileOptions, format_profile, profile_model, write_plot
+
+    json_file = None if json_out in (None, "-") else Path(json_out)
+    for out in (json_file, plot_out, options["optimized_model"]):
+        if out is not None:
+            check_output_path(out, force=force, inputs=[model])
+    report = profile_model(model, ProfileOptions(**options), progress=progress)
+    emit_json(report, json_out)
+    if plot_out is not None:
+        write_plot(report, plot_out)
+    if json_out != "-":
+        click.echo(format_profile(report))

@@ -61,6 +61,8 @@ class SessionConfig:
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     graph_optimization: str = "all"  # disable, basic, extended, all
     session_config_entries: dict[str, str] = field(default_factory=dict)  # e.g. SPINNING
+    profile_prefix: str | None = None  # ONNX Runtime's profiler on, its JSON file named so
+    optimized_model_path: Path | None = None  # save the graph ONNX Runtime optimized and runs
 
 
 # What ONNX Runtime raises for a model it cannot load; its own classes derive from Exception.
@@ -96,6 +98,11 @@ def create_session(model: Path | bytes, config: SessionConfig) -> ort.InferenceS
     options.intra_op_num_threads = config.intra_op_threads
     for key, value in config.session_config_entries.items():
         options.add_session_config_entry(key, value)
+    if config.profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = config.profile_prefix
+    if config.optimized_model_path is not None:
+        options.optimized_model_filepath = str(config.optimized_model_path)
     providers: list[Any] = [(provider, config.provider_options)]
     if isinstance(model, Path):
         load_onnx(model)  # checks the file and its external data before ONNX Runtime reads it
