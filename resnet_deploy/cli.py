@@ -241,6 +241,11 @@ def parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str | N
     show_default=True,
     help="Also time PyTorch eager, rebuilt from the model's metadata.",
 )
+@click.option(
+    "--compare",
+    type=click.Choice(["openvino"]),
+    help="Also time OpenVINO on the same file, batch and threads (pip install openvino).",
+)
 @json_option()
 @click.option(
     "--csv",
@@ -788,3 +793,62 @@ def profile_command(
         write_plot(report, plot_out)
     if json_out != "-":
         click.echo(format_profile(report))
+
+
+@main.command("tune")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--int8",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The int8 file `optimize` wrote (accuracy-guarded), searched as a second precision.",
+)
+@click.option("--slo-p99-ms", type=float, default=15.0, show_default=True, help="p99 bound.")
+@click.option(
+    "--objective",
+    type=click.Choice(["throughput", "latency"]),
+    default="throughput",
+    show_default=True,
+)
+@click.option(
+    "--budget-s", type=float, default=180.0, show_default=True, help="Seconds for it all."
+)
+@click.option("--provider", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--max-batch", type=int, default=32, show_default=True)
+@click.option(
+    "--loadgen-s", type=float, default=5.0, show_default=True, help="LoadGen check's duration."
+)
+@click.option(
+    "--loadgen-min-queries", type=int, help="LoadGen check's queries [default: its minimum]."
+)
+@click.option(
+    "--triton-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the winner's Triton config.pbtxt to FILE.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Throughput against p99 of every candidate to FILE.png.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@json_option()
+def tune_command(model: Path, json_out: str | None, **options: Any) -> None:
+    """Find the configuration to deploy under a p99 bound, checked with LoadGen.
+
+    \b
+    Examples:
+      resnet-deploy tune resnet50.onnx --int8 resnet50.int8.onnx --slo-p99-ms 15
+      resnet-deploy tune resnet50.onnx --objective latency --budget-s 60 --json tune.json
+    """
+    from resnet_deploy.files import check_output_path
+    from resnet_deploy.tune import TuneOptions, format_report, tune
+
+    json_file = None if json_out in (None, "-") else Path(json_out)
+    inputs = [model] + ([options["int8"]] if options["int8"] else [])
+    for out in (json_file, options["triton_config"], options["plot"]):
+        if out is not None:
+            check_output_path(out, force=options["force"], inputs=inputs)
+    report = tune(model, TuneOptions(**options), progress=progress)
+    emit_json(report, json_out)
+    if json_out != "-":
+        click.echo(format_report(report))

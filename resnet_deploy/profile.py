@@ -37,6 +37,7 @@ from resnet_deploy.errors import InputError
 from resnet_deploy.files import atomic_output, write_bytes_atomic
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.openvino_runner import import_openvino
 from resnet_deploy.providers import SPINNING, SessionConfig, captured_stderr, create_session
 from resnet_deploy.report import format_table
 from resnet_deploy.runners import input_dtype
@@ -239,16 +240,6 @@ def profile_model(
     if contention.unreliable:
         report.warnings.append(contention.message())
     return report
-
-
-def import_openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise InputError(
-            "OpenVINO is not installed: pip install openvino (or resnet-deploy[openvino])"
-        ) from None
-    return openvino
 
 
 def _ort_events(
