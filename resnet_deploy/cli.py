@@ -852,3 +852,5 @@ def tune_command(model: Path, json_out: str | None, **options: Any) -> None:
     emit_json(report, json_out)
     if json_out != "-":
         click.echo(format_report(report))
+    if report.winner is None:
+        sys.exit(1)  # nothing met the bound
