@@ -44,7 +44,8 @@ class OpenVinoRunner:
         )
         self.request = self.compiled.create_infer_request()
         self.version = openvino.__version__
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
     def __enter__(self) -> OpenVinoRunner:
         return self

@@ -14,6 +14,7 @@ Either result is checked against the eager fp32 model on held-out inputs before 
 
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 from collections import Counter
@@ -29,6 +30,7 @@ from resnet_deploy.errors import InputError, NumericsError
 from resnet_deploy.files import atomic_output, check_output_path
 from resnet_deploy.metadata import ModelMetadata, write_metadata
 from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.rewrites import Rewrites, exact_rewrites
 from resnet_deploy.steps import Steps
 from resnet_deploy.verify import VerifyOptions, VerifyReport, format_report, verify
 
@@ -54,6 +56,7 @@ class OptimizeOptions:
     guard: bool = True
     guard_samples: int = 16
     force: bool = False
+    rewrite: bool = True  # int8: exact fp32 rewrites first (resnet_deploy.rewrites)
 
 
 @dataclass
@@ -234,6 +237,10 @@ def to_int8(
             progress(f"calibrating {self.position}/{len(calibration)}")
             return {input_name: calibration[self.position - 1]}
 
+    model = copy.deepcopy(model)
+    rewrites = exact_rewrites(model) if options.rewrite else Rewrites()
+    for rewrite in rewrites.done:
+        progress(f"rewrite: {rewrite}")
     # The calibrators print their progress to stdout, where a --json record goes.
     with tempfile.TemporaryDirectory() as work, redirect_stdout(sys.stderr):
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "quantized.onnx"
@@ -246,7 +253,7 @@ def to_int8(
             per_channel=options.per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=sorted(excluded),
+            nodes_to_exclude=sorted(excluded | rewrites.float_nodes),
             calibrate_method=methods[options.method],
         )
         return onnx.load(str(quantized))

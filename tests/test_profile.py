@@ -42,6 +42,9 @@ def test_int8_layers_are_named_after_modules_and_checked(int8_model: Path, tmp_p
     # the graph ONNX Runtime ran: convs and adds quantized and kept on disk when asked
     assert report.graph.ops["QLinearConv"] == 20 and report.graph.ops["QLinearAdd"] == 8
     assert not report.graph.float_convs and not report.graph.float_adds
+    # optimize's exact rewrites leave no float island (the stem's Pad pads the float input)
+    assert report.graph.fused and not report.graph.float_islands
+    assert layers["avgpool"].kernels == ["QLinearGlobalAveragePool"]
     assert onnx.load(str(kept)).graph.node
     assert report.contention.wall_s > 0
 
