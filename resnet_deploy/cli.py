@@ -386,6 +386,8 @@ def bench_scenario(
         raise InputError(f"{flags} {'needs' if len(given) == 1 else 'need'} --scenario")
     if csv_out is not None or plot_out is not None:
         raise InputError("--csv and --plot chart batch sizes; with --scenario use --json")
+    if engine.compare is not None:
+        raise InputError("--compare times the latency loop; drop it with --scenario")
     if json_out not in (None, "-"):
         check_output_path(Path(json_out), force=force, inputs=[model])
     options = ScenarioOptions(scenario=scenario, engine=engine, force=force, **given)

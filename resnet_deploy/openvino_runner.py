@@ -31,6 +31,12 @@ def import_openvino() -> Any:
     return openvino
 
 
+def inference_precision(compiled: Any) -> str:
+    """The precision a compiled model runs its float layers in: f32, or bf16 on CPUs with it."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+
 class OpenVinoRunner:
     """OpenVINO on the CPU, one infer request, the runner interface bench's loops use."""
 
@@ -44,8 +50,7 @@ class OpenVinoRunner:
         )
         self.request = self.compiled.create_infer_request()
         self.version = openvino.__version__
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        self.precision = inference_precision(self.compiled)
 
     def __enter__(self) -> OpenVinoRunner:
         return self

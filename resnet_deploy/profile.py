@@ -37,7 +37,7 @@ from resnet_deploy.errors import InputError
 from resnet_deploy.files import atomic_output, write_bytes_atomic
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.onnxfile import load_with_metadata
-from resnet_deploy.openvino_runner import import_openvino
+from resnet_deploy.openvino_runner import import_openvino, inference_precision
 from resnet_deploy.providers import SPINNING, SessionConfig, captured_stderr, create_session
 from resnet_deploy.report import format_table
 from resnet_deploy.runners import input_dtype
@@ -119,6 +119,7 @@ class GraphCheck:
 class OpenVinoProfile:
     version: str
     device: str
+    inference_precision: str  # what OpenVINO chose for float layers (bf16 on some CPUs)
     total_ms: float  # summed layer time per run
     kernels: dict[str, int]  # OpenVINO's kernel (exec type) -> layers using it
 
@@ -488,7 +489,9 @@ def _openvino_layers(
             layers.append(by_name[name])
         by_name[name].openvino_ms = ms
         by_name[name].openvino_kernels = sorted(kernels[name])
-    return OpenVinoProfile(openvino.__version__, "CPU", sum(per_layer.values()), dict(exec_types))
+    precision = inference_precision(compiled)
+    total = sum(per_layer.values())
+    return OpenVinoProfile(openvino.__version__, "CPU", precision, total, dict(exec_types))
 
 
 def format_profile(report: ProfileReport, top: int | None = None) -> str:
@@ -535,7 +538,8 @@ def format_profile(report: ProfileReport, top: int | None = None) -> str:
     lines += ["", format_table(["op type", "nodes", "ms", "share"], op_rows)]
     if ov is not None:
         lines.append(
-            f"\nOpenVINO {ov.version}: {ov.total_ms:.2f} ms of layers per run against ONNX "
+            f"\nOpenVINO {ov.version} ({ov.inference_precision} float layers): {ov.total_ms:.2f} "
+            "ms of layers per run against ONNX "
             f"Runtime's {report.kernel_ms:.2f} ms; kernels: "
             + ", ".join(f"{k} {n}" for k, n in sorted(ov.kernels.items(), key=lambda i: -i[1]))
         )

@@ -85,7 +85,8 @@ class Candidate:
     threads: int  # intra-op threads of each instance
     batch_size: int
     spin: bool
-    cuda_graph: bool = False
+    io_binding: bool = False  # CUDA: inputs and outputs stay on the device
+    cuda_graph: bool = False  # CUDA: replay a captured graph (needs IO binding)
     runs: int = 0
     images_per_s: float | None = None
     p50_ms: float | None = None
@@ -95,7 +96,8 @@ class Candidate:
     error: str | None = None
 
     def label(self) -> str:
-        extra = ", CUDA graph" if self.cuda_graph else ""
+        extra = ", IO binding" if self.io_binding else ""
+        extra += ", CUDA graph" if self.cuda_graph else ""
         return (
             f"{self.precision} {self.instances}x{self.threads} threads batch {self.batch_size} "
             f"spin {'on' if self.spin else 'off'}{extra}"
@@ -169,11 +171,13 @@ def tune(
     candidate_s = max(0.5, (options.budget_s - options.loadgen_s * 2) / SEARCH_CANDIDATES / 1.5)
     search = _Search(provider, metadata, options, candidate_s, started, progress)
     base = metadata.precision
+    on_gpu = provider == CUDA  # bench's default there: IO binding on
 
     for batch in DEFAULT_BATCH_SIZES:  # 1. bench's default configuration
         if batch > options.max_batch:
             break
-        done = search.measure(Candidate("default", base, files[base], 1, cores, batch, True))
+        first = Candidate("default", base, files[base], 1, cores, batch, True, on_gpu)
+        done = search.measure(first)
         if not done.meets_slo:
             break
     default = search.best([c for c in search.candidates if c.stage == "default"], "throughput")
@@ -181,7 +185,7 @@ def tune(
     precision = base  # 2. precision: batch 1, default layout
     for other, path in files.items():
         if other != base:
-            search.measure(Candidate("precision", other, path, 1, cores, 1, True))
+            search.measure(Candidate("precision", other, path, 1, cores, 1, True, on_gpu))
     firsts = [c for c in search.candidates if c.batch_size == 1 and c.meets_slo]
     if firsts:
         precision = search.best(firsts, options.objective).precision
@@ -193,8 +197,10 @@ def tune(
     layouts = []
     for instances in range(1, cores + 1):
         if provider == CUDA and instances <= 2:
-            for graph in (False, True):
-                layouts.append(Candidate("layout", precision, path, instances, 1, 1, True, graph))
+            for binding, graph in ((False, False), (True, False), (True, True)):
+                layouts.append(
+                    Candidate("layout", precision, path, instances, 1, 1, True, binding, graph)
+                )
         elif provider != CUDA and cores % instances == 0:
             threads = cores // instances
             for spin in (True, False):
@@ -346,7 +352,7 @@ class _Search:
 
 
 def _same(a: Candidate, b: Candidate) -> bool:
-    fields_ = ("model", "instances", "threads", "batch_size", "spin", "cuda_graph")
+    fields_ = ("model", "instances", "threads", "batch_size", "spin", "io_binding", "cuda_graph")
     return all(getattr(a, name) == getattr(b, name) for name in fields_)
 
 
@@ -375,7 +381,7 @@ def time_candidate(
         graph_optimization="all",
         session_config_entries={SPINNING: "1" if candidate.spin else "0"},
     )
-    device = "cuda" if provider == CUDA else None
+    device = "cuda" if candidate.io_binding else None
     runners = [
         OrtRunner(create_session(candidate.model, config), binding_device=device)
         for _ in range(candidate.instances)
@@ -485,6 +491,8 @@ def _loadgen_check(
 
     target = float(f"{SERVER_LOAD * winner.images_per_s / winner.instances:.3g}")
     report.loadgen_target_qps = target
+    if winner.cuda_graph:
+        report.notes.append("LoadGen checked it without a CUDA graph: its batches vary in size")
     if winner.instances > 1:
         report.notes.append(
             f"LoadGen checked one of the {winner.instances} instances at its share of the load "
@@ -493,7 +501,11 @@ def _loadgen_check(
     scenario = ScenarioOptions(
         scenario="server",
         engine=BenchOptions(
-            provider=report.provider, threads=winner.threads, spin=winner.spin, baseline="none"
+            provider=report.provider,
+            threads=winner.threads,
+            spin=winner.spin,
+            io_binding=winner.io_binding or report.provider != CUDA,
+            baseline="none",
         ),
         target_qps=target,
         latency_bound_ms=options.slo_p99_ms,
