@@ -34,8 +34,8 @@ def test_int8_layers_are_named_after_modules_and_checked(int8_model: Path, tmp_p
     assert len(convs) == 20 and {"conv1", "layer4.1.conv2", "layer2.0.downsample.0"} <= set(convs)
     assert layers["layer1.0 add"].kernels == ["QLinearAdd"]
     assert layers["fc"].gop == pytest.approx(2 * 512 * 1000 / 1e9)
-    # conv1: 64 x 3 x 7 x 7 weights over 112 x 112 outputs
-    assert layers["conv1"].gop == pytest.approx(2 * 112 * 112 * 64 * 3 * 49 / 1e9)
+    # conv1: 64 x 4 x 7 x 7 weights (optimize pads the 3 input channels) over 112 x 112 outputs
+    assert layers["conv1"].gop == pytest.approx(2 * 112 * 112 * 64 * 4 * 49 / 1e9)
     assert all(layer.gops_per_s > 0 for name, layer in layers.items() if name in convs)
     assert sum(layer.share for layer in report.layers) == pytest.approx(1.0)
     assert report.peak.kind == "u8 x s8 MatMulInteger" and report.peak.gops_per_s > 0
