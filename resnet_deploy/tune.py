@@ -12,7 +12,8 @@ The search prunes instead of trying every combination (minutes, not hours, on a 
 1. default: the first file as ``bench`` runs it (one session, a thread per physical core,
    spinning on) at bench's batch sizes 1, 8, 32, stopping at the first that misses the bound.
    This is what ``gain_vs_default`` is measured against, at the same bound.
-2. precision: each other file at batch 1; only the fastest precision goes on.
+2. precision: each other file at batch 1; the fastest precision goes on, and any other
+   within PRUNE_MARGIN of it (one short measurement on a busy machine cannot tell them apart).
 3. layout: instances x threads that use every core once (2 cores: 1x2, 2x1), spinning on and
    off; on CUDA, instances with and without CUDA graphs instead. The two best go on.
 4. batch: doubling the batch of each while p99 stays under the bound and throughput grows by
@@ -53,6 +54,7 @@ OBJECTIVES = ("throughput", "latency")
 DEFAULT_SLO_P99_MS = 15.0  # MLPerf's Server bound for ResNet50, as bench --scenario server
 DEFAULT_BUDGET_S = 180.0
 MIN_GAIN = 0.03  # a larger batch must add this much throughput to be worth its latency
+PRUNE_MARGIN = 0.10  # a precision this close to the best at batch 1 is searched further too
 SERVER_LOAD = 0.8  # LoadGen's Server check runs at this share of the winner's throughput
 MAX_QUEUE_DELAY_MS = 2.0  # the batcher's wait, as bench --scenario server's default
 LOADGEN_S = 5.0
@@ -182,29 +184,35 @@ def tune(
             break
     default = search.best([c for c in search.candidates if c.stage == "default"], "throughput")
 
-    precision = base  # 2. precision: batch 1, default layout
-    for other, path in files.items():
+    for other, path in files.items():  # 2. precision: batch 1, default layout
         if other != base:
             search.measure(Candidate("precision", other, path, 1, cores, 1, True, on_gpu))
     firsts = [c for c in search.candidates if c.batch_size == 1 and c.meets_slo]
+    survivors = [base]
     if firsts:
-        precision = search.best(firsts, options.objective).precision
+        best = search.best(firsts, options.objective)
+        close = [c for c in firsts if _close(c, best, options.objective)]
+        survivors = [best.precision] + [c.precision for c in close if c is not best]
         for other in files:
-            if other != precision:
-                search.pruned.append(f"{other}: slower than {precision} at batch 1")
-
-    path = files[precision]  # 3. layout
-    layouts = []
-    for instances in range(1, cores + 1):
-        if provider == CUDA and instances <= 2:
-            for binding, graph in ((False, False), (True, False), (True, True)):
-                layouts.append(
-                    Candidate("layout", precision, path, instances, 1, 1, True, binding, graph)
+            if other not in survivors:
+                search.pruned.append(
+                    f"{other}: over {PRUNE_MARGIN:.0%} behind {best.precision} at batch 1"
                 )
-        elif provider != CUDA and cores % instances == 0:
-            threads = cores // instances
-            for spin in (True, False):
-                layouts.append(Candidate("layout", precision, path, instances, threads, 1, spin))
+
+    layouts = []  # 3. layout
+    for precision in survivors:
+        path = files[precision]
+        for instances in range(1, cores + 1):
+            if provider == CUDA and instances <= 2:
+                for binding, graph in ((False, False), (True, False), (True, True)):
+                    layouts.append(
+                        Candidate("layout", precision, path, instances, 1, 1, True, binding, graph)
+                    )
+            elif provider != CUDA and cores % instances == 0:
+                threads = cores // instances
+                for spin in (True, False):
+                    layout = Candidate("layout", precision, path, instances, threads, 1, spin)
+                    layouts.append(layout)
     measured = []
     for layout in layouts:
         done = search.measure(layout)
@@ -354,6 +362,13 @@ class _Search:
 def _same(a: Candidate, b: Candidate) -> bool:
     fields_ = ("model", "instances", "threads", "batch_size", "spin", "io_binding", "cuda_graph")
     return all(getattr(a, name) == getattr(b, name) for name in fields_)
+
+
+def _close(candidate: Candidate, best: Candidate, objective: str) -> bool:
+    """Within PRUNE_MARGIN of the best: too close to drop on one short measurement."""
+    if objective == "latency":
+        return candidate.p99_ms <= best.p99_ms * (1 + PRUNE_MARGIN)
+    return candidate.images_per_s >= best.images_per_s * (1 - PRUNE_MARGIN)
 
 
 def _gain(winner: Candidate | None, default: Candidate | None) -> float | None:
