@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -49,6 +50,9 @@ from resnet_deploy.providers import (
 )
 from resnet_deploy.report import format_table
 from resnet_deploy.runners import OrtRunner, input_dtype
+
+if TYPE_CHECKING:
+    from resnet_deploy.loadgen import ScenarioResult
 
 OBJECTIVES = ("throughput", "latency")
 DEFAULT_SLO_P99_MS = 15.0  # MLPerf's Server bound for ResNet50, as bench --scenario server
@@ -121,9 +125,11 @@ class TuneReport:
     default: Candidate | None  # bench's default configuration, best batch under the bound
     winner: Candidate | None
     gain_vs_default: float | None  # winner's images/s over the default's, same bound
-    gain_vs_default_same_precision: float | None  # ... over the default run on the winner's file
+    # ... over the default layout (1 session, all cores, spinning) on the winner's own file, at
+    # the batches measured for it (bench's 1, 8, 32 for the first file; 1 for the others)
+    gain_vs_default_same_precision: float | None
     valid: bool | None  # LoadGen Server's verdict on the winner; None: not checked
-    loadgen: object | None  # resnet_deploy.loadgen.ScenarioResult of that check
+    loadgen: ScenarioResult | None  # that check, as bench --scenario server reports it
     loadgen_target_qps: float | None
     serve_flags: str
     triton_config: str
@@ -175,70 +181,11 @@ def tune(
     base = metadata.precision
     on_gpu = provider == CUDA  # bench's default there: IO binding on
 
-    for batch in DEFAULT_BATCH_SIZES:  # 1. bench's default configuration
-        if batch > options.max_batch:
-            break
-        first = Candidate("default", base, files[base], 1, cores, batch, True, on_gpu)
-        done = search.measure(first)
-        if not done.meets_slo:
-            break
-    default = search.best([c for c in search.candidates if c.stage == "default"], "throughput")
-
-    for other, path in files.items():  # 2. precision: batch 1, default layout
-        if other != base:
-            search.measure(Candidate("precision", other, path, 1, cores, 1, True, on_gpu))
-    firsts = [c for c in search.candidates if c.batch_size == 1 and c.meets_slo]
-    survivors = [base]
-    if firsts:
-        best = search.best(firsts, options.objective)
-        close = [c for c in firsts if _close(c, best, options.objective)]
-        survivors = [best.precision] + [c.precision for c in close if c is not best]
-        for other in files:
-            if other not in survivors:
-                search.pruned.append(
-                    f"{other}: over {PRUNE_MARGIN:.0%} behind {best.precision} at batch 1"
-                )
-
-    layouts = []  # 3. layout
-    for precision in survivors:
-        path = files[precision]
-        for instances in range(1, cores + 1):
-            if provider == CUDA and instances <= 2:
-                for binding, graph in ((False, False), (True, False), (True, True)):
-                    layouts.append(
-                        Candidate("layout", precision, path, instances, 1, 1, True, binding, graph)
-                    )
-            elif provider != CUDA and cores % instances == 0:
-                threads = cores // instances
-                for spin in (True, False):
-                    layout = Candidate("layout", precision, path, instances, threads, 1, spin)
-                    layouts.append(layout)
-    measured = []
-    for layout in layouts:
-        done = search.measure(layout)
-        if done not in measured:
-            measured.append(done)
-    under = [c for c in measured if c.meets_slo]
-    ranked = sorted(under, key=search.key(options.objective), reverse=True)
-    for loser in ranked[2:]:
-        search.pruned.append(f"{loser.label()}: not among the two best layouts at batch 1")
-
-    if options.objective == "throughput":  # 4. batch
-        for layout in ranked[:2]:
-            previous = layout
-            batch = layout.batch_size * 2
-            while batch <= options.max_batch:
-                candidate = replace(layout, stage="batch", batch_size=batch, runs=0)
-                done = search.measure(candidate)
-                if not done.meets_slo:
-                    search.pruned.append(f"{layout.label()}: batch {batch} misses the bound")
-                    break
-                if done.images_per_s < previous.images_per_s * (1 + MIN_GAIN):
-                    search.pruned.append(
-                        f"{layout.label()}: batch {batch} adds under {MIN_GAIN:.0%} throughput"
-                    )
-                    break
-                previous, batch = done, batch * 2
+    default = _default_stage(search, files[base], base, cores, on_gpu)
+    survivors = _precision_stage(search, files, base, cores, on_gpu)
+    ranked = _layout_stage(search, files, survivors, cores)
+    if options.objective == "throughput":  # batching only adds latency
+        _batch_stage(search, ranked[:2])
 
     under = [c for c in search.candidates if c.meets_slo]
     winner = search.best(under, options.objective) if under else None
@@ -357,6 +304,90 @@ class _Search:
     def best(self, candidates: list[Candidate], objective: str) -> Candidate | None:
         usable = [c for c in candidates if c.meets_slo]
         return max(usable, key=self.key(objective)) if usable else None
+
+
+def _default_stage(
+    search: _Search, path: Path, precision: str, cores: int, on_gpu: bool
+) -> Candidate | None:
+    """1. The file as bench runs it by default, at bench's batch sizes up to the first that
+    misses the bound; the best of them is what gains are measured against."""
+    for batch in DEFAULT_BATCH_SIZES:
+        if batch > search.options.max_batch:
+            break
+        first = Candidate("default", precision, path, 1, cores, batch, True, on_gpu)
+        if not search.measure(first).meets_slo:
+            break
+    return search.best([c for c in search.candidates if c.stage == "default"], "throughput")
+
+
+def _precision_stage(
+    search: _Search, files: dict[str, Path], base: str, cores: int, on_gpu: bool
+) -> list[str]:
+    """2. Every other file at batch 1; the precisions worth searching further, best first."""
+    for other, path in files.items():
+        if other != base:
+            search.measure(Candidate("precision", other, path, 1, cores, 1, True, on_gpu))
+    firsts = [c for c in search.candidates if c.batch_size == 1 and c.meets_slo]
+    if not firsts:
+        return [base]
+    best = search.best(firsts, search.options.objective)
+    close = [c for c in firsts if _close(c, best, search.options.objective)]
+    survivors = [best.precision] + [c.precision for c in close if c is not best]
+    for other in files:
+        if other not in survivors:
+            search.pruned.append(
+                f"{other}: over {PRUNE_MARGIN:.0%} behind {best.precision} at batch 1"
+            )
+    return survivors
+
+
+def _layout_stage(
+    search: _Search, files: dict[str, Path], survivors: list[str], cores: int
+) -> list[Candidate]:
+    """3. Instances x threads using each core once, spinning on and off (CUDA: instances x IO
+    binding and CUDA graphs) at batch 1; those under the bound, best first."""
+    layouts = []
+    for precision in survivors:
+        path = files[precision]
+        for instances in range(1, cores + 1):
+            if search.provider == CUDA and instances <= 2:
+                for binding, graph in ((False, False), (True, False), (True, True)):
+                    layouts.append(
+                        Candidate("layout", precision, path, instances, 1, 1, True, binding, graph)
+                    )
+            elif search.provider != CUDA and cores % instances == 0:
+                threads = cores // instances
+                for spin in (True, False):
+                    layout = Candidate("layout", precision, path, instances, threads, 1, spin)
+                    layouts.append(layout)
+    measured = []
+    for layout in layouts:
+        done = search.measure(layout)
+        if done not in measured:
+            measured.append(done)
+    under = [c for c in measured if c.meets_slo]
+    ranked = sorted(under, key=search.key(search.options.objective), reverse=True)
+    for loser in ranked[2:]:
+        search.pruned.append(f"{loser.label()}: not among the two best layouts at batch 1")
+    return ranked
+
+
+def _batch_stage(search: _Search, layouts: list[Candidate]) -> None:
+    """4. Double each layout's batch while p99 stays under the bound and throughput grows."""
+    for layout in layouts:
+        previous = layout
+        batch = layout.batch_size * 2
+        while batch <= search.options.max_batch:
+            done = search.measure(replace(layout, stage="batch", batch_size=batch, runs=0))
+            if not done.meets_slo:
+                search.pruned.append(f"{layout.label()}: batch {batch} misses the bound")
+                break
+            if done.images_per_s < previous.images_per_s * (1 + MIN_GAIN):
+                search.pruned.append(
+                    f"{layout.label()}: batch {batch} adds under {MIN_GAIN:.0%} throughput"
+                )
+                break
+            previous, batch = done, batch * 2
 
 
 def _same(a: Candidate, b: Candidate) -> bool:
