@@ -596,7 +596,7 @@ def write_plot(report: ProfileReport, path: Path) -> None:
         f"{report.batch_size}, {report.threads} threads; marker area = share of time"
     )
     if report.contention.unreliable:
-        title += "\nUNRELIABLE: " + report.contention.message()
+        title += "\n" + report.contention.message()
     fig.suptitle(title, fontsize=9)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
