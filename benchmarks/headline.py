@@ -56,6 +56,7 @@ class Row:
     min_cosine: float  # of the logits against eager fp32, over the verification's inputs
     top1_agreement: float
     checked: str  # the provider the accuracy was checked on, and its scope
+    reliable: bool = True  # False: other processes were busy while this batch was timed
 
 
 @dataclass
@@ -68,11 +69,14 @@ def log(step: str) -> None:
     print(f"... {step}", file=sys.stderr, flush=True)
 
 
-def measure(warmup_s: float, duration_s: float) -> tuple[list[Measured], list[str]]:
+def measure(
+    warmup_s: float, duration_s: float, arch: str = "resnet50"
+) -> tuple[list[Measured], list[str]]:
     """Every precision on every provider it is meant for; eager is timed once, beside fp32."""
     measured, notes, unavailable = [], [], set()
     with tempfile.TemporaryDirectory() as folder:
-        fp32 = export_model(ExportOptions(output=Path(folder) / "resnet50.onnx"), progress=log)
+        options = ExportOptions(output=Path(folder) / f"{arch}.onnx", arch=arch)
+        fp32 = export_model(options, progress=log)
         for precision, providers in PRECISIONS.items():
             for provider in providers:
                 if provider in unavailable:
@@ -84,6 +88,7 @@ def measure(warmup_s: float, duration_s: float) -> tuple[list[Measured], list[st
                     warmup_s=warmup_s,
                     duration_s=duration_s,
                     baseline="torch" if precision == "fp32" else "none",
+                    compare="openvino" if provider == "cpu" and openvino_installed() else None,
                 )
                 try:
                     model, check = prepare(fp32.output, precision, provider)
@@ -92,6 +97,14 @@ def measure(warmup_s: float, duration_s: float) -> tuple[list[Measured], list[st
                     unavailable.add(provider)
                     notes.append(f"{precision} on {provider}: not measured ({exc})")
     return measured, notes
+
+
+def openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def prepare(fp32: Path, precision: str, provider: str) -> tuple[Path, VerifyReport]:
@@ -156,8 +169,26 @@ def rows_of(item: Measured, measured: list[Measured]) -> list[Row]:
                 cosine,
                 top1,
                 checked,
+                b.ratios_reliable and base.ratios_reliable,
             )
         )
+        if b.openvino_runs:  # the same file, batch and threads, timed in the same run
+            rows.append(
+                Row(
+                    precision,
+                    f"OpenVINO CPU ({report.openvino.split(', ')[-1]})",
+                    b.batch_size,
+                    b.openvino_p50_ms,
+                    b.openvino_p90_ms,
+                    b.openvino_images_per_s,
+                    b.openvino_images_per_s / eager_ips,
+                    b.openvino_images_per_s / base.images_per_s,
+                    cosine,
+                    top1,
+                    checked,
+                    b.ratios_reliable and base.ratios_reliable,
+                )
+            )
     return rows
 
 
@@ -168,22 +199,30 @@ def markdown(
     env: Environment,
     when: str,
     note: str,
+    arch: str = "ResNet50",
 ) -> str:
     lines = [
-        f"# resnet-deploy headline: ResNet50 (torchvision, random weights), {when}",
+        f"# resnet-deploy headline: {arch} (torchvision, random weights), {when}",
         "",
         "| precision | runtime | batch | p50 ms | p90 ms | images/s | vs eager | vs ORT fp32 "
         "| min cosine | top-1 agree | checked on |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in sorted(rows, key=lambda r: (r.batch_size, "eager" not in r.runtime, r.precision)):
-        vs_fp32 = "-" if math.isnan(r.vs_fp32) else f"{r.vs_fp32:.2f}x"
+        star = "" if r.reliable else "*"
+        vs_fp32 = "-" if math.isnan(r.vs_fp32) else f"{r.vs_fp32:.2f}x{star}"
         lines.append(
             f"| {r.precision} | {r.runtime} | {r.batch_size} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | "
-            f"{r.images_per_s:.1f} | {r.vs_eager:.2f}x | {vs_fp32} | {r.min_cosine:.4f} | "
+            f"{r.images_per_s:.1f} | {r.vs_eager:.2f}x{star} | {vs_fp32} | {r.min_cosine:.4f} | "
             f"{r.top1_agreement:.2f} | {r.checked} |"
         )
     first = measured[0].bench if measured else None
+    if not all(r.reliable for r in rows):
+        lines[1:1] = [
+            "",
+            "**UNRELIABLE: other processes used the cores while rows marked * were timed; their "
+            "ratios are not this machine's. Rerun on a quiet machine.**",
+        ]
     lines += [
         "",
         f"- CPU: {env.cpu_model}, {env.physical_cores} physical cores ({env.logical_cpus} logical)",
@@ -194,7 +233,8 @@ def markdown(
         + ", ".join(f"{name} {version}" for name, version in env.packages.items()),
         "- p50/p90: per-run latency; images/s: batch x runs / wall time of the timed loop; "
         "vs eager: throughput over eager PyTorch fp32, same batch, same device, same run; "
-        "vs ORT fp32: over ONNX Runtime fp32 on the same provider",
+        "vs ORT fp32: over ONNX Runtime fp32 on the same provider; OpenVINO rows: the same "
+        "file, batch and threads (LATENCY hint, its own inference precision)",
         "- min cosine, top-1 agree: the logits against eager fp32 on verify's held-out random "
         "inputs (batches 1, 2, 7); int8 is static QDQ (u8 activations, per-channel s8 weights, "
         "minmax on 32 random inputs). Random weights leave top logits nearly tied, so top-1 "
@@ -230,14 +270,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per batch")
     parser.add_argument("--duration", type=float, default=10.0, help="timed seconds per batch")
+    parser.add_argument("--arch", default="resnet50", help="resnet18 checks the script quickly")
     parser.add_argument("--note", default="", help="context worth keeping (machine load, ...)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     env = describe_environment()
-    measured, notes = measure(args.warmup, args.duration)
+    measured, notes = measure(args.warmup, args.duration, args.arch)
     rows = [row for item in measured for row in rows_of(item, measured)]
     when = datetime.date.today().isoformat()
-    text = markdown(rows, measured, notes, env, when, args.note)
+    text = markdown(rows, measured, notes, env, when, args.note, args.arch)
     stem = args.output_dir / f"{when}-{'gpu' if env.gpus else 'cpu'}"
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {"date": when, "note": args.note, "rows": rows, "notes": notes, "runs": measured}

@@ -10,6 +10,7 @@ session is closed, so spinning ONNX Runtime threads never steal the cores it nee
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from resnet_deploy.contention import BUSY_SHARE, CpuMonitor
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output
@@ -27,8 +29,10 @@ from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.model import rebuild_model
 from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.openvino_runner import ENGINES, OpenVinoRunner, import_openvino
 from resnet_deploy.placement import Placement, check_placement
 from resnet_deploy.providers import (
+    CPU,
     CUDA,
     SPINNING,
     TENSORRT,
@@ -51,7 +55,16 @@ DEFAULT_WARMUP_S = 2.0
 DEFAULT_DURATION_S = 5.0
 CV_WARNING = 0.10  # run-to-run spread above which a result is flagged unstable
 PERCENTILE_MIN_RUNS = {"p90": 10, "p95": 20, "p99": 100}  # fewer runs: it is just the maximum
-TORCH_FIELDS = ("runs", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "cv", "images_per_s")
+TORCH_FIELDS = (
+    "runs",
+    "mean_ms",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "cv",
+    "images_per_s",
+    "other_cores",
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,7 @@ class BenchOptions:
     trt_fp16: bool = False
     baseline: str = "torch"  # or "none"
     strict_placement: bool = False  # GPU: compute nodes on the CPU refuse the run
+    compare: str | None = None  # "openvino": time it on the same file, batch and threads
 
 
 @dataclass
@@ -99,7 +113,21 @@ class BatchResult:
     torch_p99_ms: float | None = None
     torch_cv: float | None = None
     torch_images_per_s: float | None = None
+    torch_other_cores: float | None = None
     speedup_vs_torch: float | None = None  # ONNX Runtime images/s over eager images/s
+    openvino_runs: int = 0
+    openvino_mean_ms: float | None = None
+    openvino_p50_ms: float | None = None
+    openvino_p90_ms: float | None = None
+    openvino_p99_ms: float | None = None
+    openvino_cv: float | None = None
+    openvino_images_per_s: float | None = None
+    openvino_other_cores: float | None = None
+    speedup_vs_openvino: float | None = None  # ONNX Runtime images/s over OpenVINO's
+    # Other processes' CPU use (in cores) during each timed loop, and whether it stayed under
+    # contention.BUSY_SHARE of the cores in all of them; if not, the ratios mean little.
+    other_cores: float | None = None
+    ratios_reliable: bool = True
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -133,6 +161,7 @@ class BenchReport:
     batches: list[BatchResult] = field(default_factory=list)
     run_times: list[RunTimes] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an int8 file made for other CPUs
+    openvino: str = ""  # version and inference precision, where compared
 
 
 def check_options(options: BenchOptions) -> str:
@@ -157,6 +186,12 @@ def check_options(options: BenchOptions) -> str:
         raise InputError(f"threads must be at least 1, got {options.threads}")
     if options.baseline not in ("torch", "none"):
         raise InputError(f"unknown baseline {options.baseline!r}; use torch or none")
+    if options.compare is not None:
+        if options.compare not in ENGINES:
+            raise InputError(f"--compare {options.compare}: use {', '.join(ENGINES)}")
+        if provider != CPU:
+            raise InputError("--compare openvino times OpenVINO's CPU plugin: use --provider cpu")
+        import_openvino()
     cuda_only = options.cuda_graph or options.cudnn_algo or options.cudnn_max_workspace is not None
     if cuda_only and provider != CUDA:
         raise InputError("--cuda-graph and the cuDNN options need --provider cuda")
@@ -213,6 +248,8 @@ def bench(
         )
         try:
             array = _bench_onnxruntime(model_path, config, report, result, options, progress)
+            if options.compare == "openvino":
+                _bench_openvino(model_path, array, report, result, options, threads, progress)
             if options.baseline == "torch":
                 if not eager:
                     progress("building the eager PyTorch model for the baseline")
@@ -229,7 +266,7 @@ def bench(
             first_line = str(exc).strip().partition("\n")[0]
             result.error = f"{engine}{type(exc).__name__}: {first_line}"
             progress(f"batch {batch}: failed: {result.error}")
-        result.warnings += _warnings(result)
+        result.warnings += _warnings(result) + _contention_warnings(result)
         report.batches.append(result)
     return report
 
@@ -333,6 +370,37 @@ def _bench_onnxruntime(
     return array
 
 
+def _bench_openvino(
+    model_path: Path,
+    array: np.ndarray,
+    report: BenchReport,
+    result: BatchResult,
+    options: BenchOptions,
+    threads: int,
+    progress: Callable[[str], None],
+) -> None:
+    """OpenVINO on the very batch ONNX Runtime ran; a failure is a warning, not the run's."""
+    progress(f"batch {result.batch_size}: warming up and timing OpenVINO")
+    try:
+        size = report.metadata.image_size
+        with OpenVinoRunner(
+            str(model_path), batch=len(array), image_size=size, threads=threads
+        ) as runner:
+            report.openvino = f"OpenVINO {runner.version}, inference precision {runner.precision}"
+            _, stats, _ = measure(runner, array, options)
+    except Exception as exc:
+        first_line = str(exc).strip().partition("\n")[0]
+        result.warnings.append(f"openvino failed: {type(exc).__name__}: {first_line}")
+        return
+    for key in TORCH_FIELDS:
+        setattr(result, f"openvino_{key}", stats[key])
+    result.speedup_vs_openvino = result.images_per_s / stats["images_per_s"]
+    progress(
+        f"batch {result.batch_size}: openvino p50 {stats['p50_ms']:.2f} ms; "
+        f"onnxruntime {result.speedup_vs_openvino:.2f}x its throughput"
+    )
+
+
 def eager_runner(
     model: torch.nn.Module,
     on_gpu: bool,
@@ -388,12 +456,14 @@ def measure(
     start = time.perf_counter()
     runner.infer(feed)
     first_ms = (time.perf_counter() - start) * 1e3
-    time_runs(
-        runner.infer, feed, **loop_bounds(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S)
-    )
+    warmup = loop_bounds(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S)
+    time_runs(runner.infer, feed, **warmup)
     timed = loop_bounds(options.iterations, options.duration_s, DEFAULT_DURATION_S)
-    times, wall = time_runs(runner.infer, feed, **timed)
-    return first_ms, summarize(times, wall, len(array)), [t * 1e3 for t in times]
+    with CpuMonitor() as monitor:
+        times, wall = time_runs(runner.infer, feed, **timed)
+    stats = summarize(times, wall, len(array))
+    stats["other_cores"] = monitor.result.other_cores
+    return first_ms, stats, [t * 1e3 for t in times]
 
 
 def loop_bounds(
@@ -462,6 +532,27 @@ def too_few_runs(result: BatchResult, unit: str = "timed runs") -> list[str]:
     return [f"only {result.runs} {unit}: {needed} to be more than the maximum"]
 
 
+def _contention_warnings(result: BatchResult) -> list[str]:
+    """Flag the batch when other processes took more than a small share of the cores while
+    any of its engines was timed: then no ratio between them means anything."""
+    cores = os.cpu_count() or 1
+    phases = {
+        "onnxruntime": result.other_cores,
+        "torch eager": result.torch_other_cores,
+        "openvino": result.openvino_other_cores,
+    }
+    busy = {name: load for name, load in phases.items() if load is not None}
+    if not busy or max(busy.values()) <= BUSY_SHARE * cores:
+        return []
+    result.ratios_reliable = False
+    loads = ", ".join(f"{name} {load:.2f}" for name, load in busy.items())
+    return [
+        f"UNRELIABLE: other processes used up to {max(busy.values()):.2f} of {cores} cores while "
+        f"timing ({loads}; limit {BUSY_SHARE:.0%} of the cores): times and speed-ups are not "
+        "this machine's; rerun on a quiet machine"
+    ]
+
+
 def write_plot(report: BenchReport, path: Path, *, replace: bool = False) -> None:
     """Latency percentiles and throughput against batch size, one PNG, written atomically."""
     from matplotlib.figure import Figure  # heavy; only when a plot is asked for
@@ -475,6 +566,11 @@ def write_plot(report: BenchReport, path: Path, *, replace: bool = False) -> Non
     for name in ("p50_ms", "p90_ms", "p99_ms"):
         latency.plot(sizes, [getattr(b, name) for b in done], marker="o", label=f"ORT {name[:3]}")
     throughput.plot(sizes, [b.images_per_s for b in done], marker="o", label=report.provider)
+    if all(b.openvino_runs for b in done):
+        latency.plot(sizes, [b.openvino_p50_ms for b in done], "g:", marker="^", label="OV p50")
+        throughput.plot(
+            sizes, [b.openvino_images_per_s for b in done], "g:", marker="^", label="OpenVINO"
+        )
     if all(b.torch_runs for b in done):
         latency.plot(sizes, [b.torch_p50_ms for b in done], "k--", marker="s", label="eager p50")
         throughput.plot(
@@ -492,6 +588,18 @@ def write_plot(report: BenchReport, path: Path, *, replace: bool = False) -> Non
         f"{report.provider}, {report.threads} threads, {report.environment.cpu_model}",
         fontsize=10,
     )
+    if any(not b.ratios_reliable for b in done):
+        fig.text(
+            0.5,
+            0.5,
+            "UNRELIABLE: other processes were busy while timing",
+            color="red",
+            alpha=0.5,
+            fontsize=16,
+            ha="center",
+            va="center",
+            rotation=20,
+        )
     with atomic_output(path, replace=replace) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
@@ -515,10 +623,15 @@ def summary(report: BenchReport) -> str:
         lines.append(report.placement.summary())
     if report.eager_baseline:
         lines.append(f"baseline: {report.eager_baseline}")
+    if report.openvino:
+        lines.append(f"compared with {report.openvino}, same file, batch and threads")
     headers = ["batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "cv", "images/s"]
     eager = report.options.baseline == "torch"
     if eager:
         headers += ["eager p50 ms", "eager images/s", "speed-up"]
+    openvino = report.options.compare == "openvino"
+    if openvino:
+        headers += ["openvino p50 ms", "openvino images/s", "ort/openvino"]
     rows, notes = [], []
     for b in report.batches:
         notes += [f"batch {b.batch_size}: {text}" for text in b.warnings]
@@ -528,13 +641,24 @@ def summary(report: BenchReport) -> str:
         row = [b.batch_size, b.runs, b.mean_ms, b.p50_ms, b.p90_ms, b.p99_ms, b.max_ms, b.cv]
         row.append(b.images_per_s)
         if eager:
-            row += [b.torch_p50_ms, b.torch_images_per_s, b.speedup_vs_torch]
+            row += [b.torch_p50_ms, b.torch_images_per_s, _ratio(b.speedup_vs_torch, b)]
+        if openvino:
+            row += [b.openvino_p50_ms, b.openvino_images_per_s, _ratio(b.speedup_vs_openvino, b)]
         rows.append(["-" if value is None else value for value in row])
     if rows:
         lines += ["", format_table(headers, rows)]
+    if any(not b.ratios_reliable for b in report.batches):
+        notes.append("* ratios measured while other processes were busy: UNRELIABLE")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
+
+
+def _ratio(value: float | None, result: BatchResult) -> str | None:
+    """A speed-up for the table, starred where the machine was busy while it was measured."""
+    if value is None:
+        return None
+    return f"{value:.2f}x" + ("" if result.ratios_reliable else "*")
 
 
 def _on(flag: bool) -> str:

@@ -416,6 +416,11 @@ def parse_batch(value: str) -> int | None:
     show_default=True,
     help="Also time PyTorch eager, rebuilt from the model's metadata.",
 )
+@click.option(
+    "--compare",
+    type=click.Choice(["openvino"]),
+    help="Also time OpenVINO on the same file, batch and threads (pip install openvino).",
+)
 @json_option()
 @click.option("--csv", "csv_out", type=OUTPUT_FILE, help="Write one row per batch size to FILE.")
 @click.option(
@@ -577,6 +582,8 @@ def bench_scenario(
         raise InputError(f"{flags} {'needs' if len(chosen) == 1 else 'need'} --scenario")
     if csv_out is not None or plot_out is not None:
         raise InputError("--csv and --plot chart batch sizes; with --scenario use --json")
+    if engine.compare is not None:
+        raise InputError("--compare times the latency loop; drop it with --scenario")
     options = ScenarioOptions(
         scenario=scenario, engine=engine, endpoint=endpoint, force=force, **chosen
     )
@@ -1020,3 +1027,105 @@ def page(folder: Path, output: Path | None, force: bool) -> None:
     from resnet_deploy.html_report import write_page
 
     click.echo(f"wrote {write_page(folder, output=output, force=force)}")
+
+
+@main.command("profile")
+@click.argument("model", type=MODEL_FILE)
+@click.option("--batch-size", type=Number(int, 1, MAX_BATCH), default=1, show_default=True)
+@threads_option("Intra-op threads [default: physical cores].")
+@click.option("--runs", type=COUNT, default=20, show_default=True, help="Profiled runs.")
+@click.option("--warmup", "warmup_runs", type=Number(int, 0), default=5, show_default=True)
+@click.option(
+    "--compare",
+    type=click.Choice(["openvino"]),
+    help="Also profile the same file with OpenVINO's per-layer counters.",
+)
+@click.option(
+    "--optimized-model",
+    type=OUTPUT_FILE,
+    help="Keep the graph ONNX Runtime optimized and ran in FILE.onnx.",
+)
+@click.option(
+    "--plot", "plot_out", type=OUTPUT_FILE, help="Roofline-style plot of every Conv to FILE.png."
+)
+@force_option()
+@json_option()
+@writes(["json_out", "plot_out", "optimized_model"], inputs=["model"])
+def profile_command(
+    model: Path,
+    plot_out: Path | None,
+    force: bool,
+    json_out: str | None,
+    **options: Any,
+) -> None:
+    """Where ONNX Runtime spends its time: per layer and op type, against this CPU's peak.
+
+    \b
+    Examples:
+      resnet-deploy profile resnet50.int8.onnx
+      resnet-deploy profile resnet50.int8.onnx --batch-size 8 --compare openvino --plot p.png
+    """
+    from resnet_deploy.profile import ProfileOptions, format_profile, profile_model, write_plot
+
+    report = profile_model(model, ProfileOptions(force=force, **options), progress=progress)
+    emit_json(report, json_out, force=force)
+    if plot_out is not None:
+        write_plot(report, plot_out, replace=force)
+    if json_out != STDOUT:
+        click.echo(format_profile(report))
+
+
+@main.command("tune")
+@click.argument("model", type=MODEL_FILE)
+@click.option(
+    "--int8",
+    type=MODEL_FILE,
+    help="The int8 file `optimize` wrote (accuracy-guarded), searched as a second precision.",
+)
+@click.option("--slo-p99-ms", type=POSITIVE, default=15.0, show_default=True, help="p99 bound.")
+@click.option(
+    "--objective",
+    type=click.Choice(["throughput", "latency"]),
+    default="throughput",
+    show_default=True,
+)
+@click.option(
+    "--budget-s",
+    type=Number(float, 0, 24 * 3600, low_open=True),
+    default=180.0,
+    show_default=True,
+    help="Seconds for it all.",
+)
+@provider_option
+@click.option("--max-batch", type=Number(int, 1, MAX_BATCH), default=32, show_default=True)
+@click.option(
+    "--loadgen-s",
+    type=Number(float, 0, 24 * 3600, low_open=True),
+    default=5.0,
+    show_default=True,
+    help="LoadGen check's duration.",
+)
+@click.option(
+    "--loadgen-min-queries", type=COUNT, help="LoadGen check's queries [default: its minimum]."
+)
+@click.option("--triton-config", type=OUTPUT_FILE, help="Write the winner's config.pbtxt to FILE.")
+@click.option("--plot", type=OUTPUT_FILE, help="Throughput against p99 of every candidate.")
+@force_option()
+@json_option()
+@writes(["json_out", "triton_config", "plot"], inputs=["model", "int8"])
+def tune_command(model: Path, json_out: str | None, **options: Any) -> None:
+    """Find the configuration to deploy under a p99 bound, checked with LoadGen.
+
+    \b
+    Examples:
+      resnet-deploy tune resnet50.onnx --int8 resnet50.int8.onnx --slo-p99-ms 15
+      resnet-deploy tune resnet50.onnx --objective latency --budget-s 60 --json tune.json
+    """
+    from resnet_deploy.tune import TuneOptions, format_report, tune
+
+    report = tune(model, TuneOptions(**options), progress=progress)
+    emit_json(report, json_out, force=options["force"])
+    if json_out != STDOUT:
+        click.echo(format_report(report))
+    if report.winner is None:
+        sys.exit(1)  # nothing met the bound

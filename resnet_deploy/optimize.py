@@ -18,6 +18,7 @@ there it checks only the rounding of the weights, and says so.
 
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 from collections import Counter
@@ -35,6 +36,7 @@ from resnet_deploy.int8target import DEFAULT_TARGET, SCHEMES, TARGETS, cpu_flags
 from resnet_deploy.metadata import ModelMetadata, write_metadata
 from resnet_deploy.onnxfile import load_with_metadata
 from resnet_deploy.providers import CPU
+from resnet_deploy.rewrites import Rewrites, exact_rewrites
 from resnet_deploy.steps import Steps
 from resnet_deploy.verify import VerifyOptions, VerifyReport, format_report, verify
 
@@ -61,6 +63,7 @@ class OptimizeOptions:
     guard_samples: int = 16
     force: bool = False
     target: str = DEFAULT_TARGET  # int8: cpu, cpu-avx2 or tensorrt (see int8target)
+    rewrite: bool = True  # int8: exact fp32 rewrites first (resnet_deploy.rewrites)
 
 
 @dataclass
@@ -267,6 +270,10 @@ def to_int8(
             return {input_name: calibration[self.position - 1]}
 
     scheme = SCHEMES[options.target]
+    model = copy.deepcopy(model)
+    rewrites = exact_rewrites(model) if options.rewrite else Rewrites()
+    for rewrite in rewrites.done:
+        progress(f"rewrite: {rewrite}")
     # The calibrators print their progress to stdout, where a --json record goes.
     with tempfile.TemporaryDirectory() as work, redirect_stdout(sys.stderr):
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "quantized.onnx"
@@ -280,7 +287,7 @@ def to_int8(
             reduce_range=scheme.reduce_range,
             activation_type=QuantType.QUInt8 if scheme.activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=sorted(excluded),
+            nodes_to_exclude=sorted(excluded | rewrites.float_nodes),
             calibrate_method=methods[options.method],
             extra_options=dict(scheme.extra_options),
         )

@@ -71,6 +71,8 @@ class SessionConfig:
     graph_optimization: str = "all"  # disable, basic, extended, all
     session_config_entries: dict[str, str] = field(default_factory=dict)  # e.g. SPINNING
     strict_placement: bool = False  # a GPU session with compute nodes on the CPU is an error
+    profile_prefix: str | None = None  # ONNX Runtime's profiler on, its JSON file named so
+    optimized_model_path: Path | None = None  # save the graph ONNX Runtime optimized and runs
 
 
 # What ONNX Runtime raises for a model it cannot load; its own classes derive from Exception.
@@ -152,6 +154,11 @@ def create_session(model: Path | bytes, config: SessionConfig) -> StrictSession:
     options.intra_op_num_threads = config.intra_op_threads
     for key, value in (config.session_config_entries | {RECORD_PLACEMENT: "1"}).items():
         options.add_session_config_entry(key, value)
+    if config.profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = config.profile_prefix
+    if config.optimized_model_path is not None:
+        options.optimized_model_filepath = str(config.optimized_model_path)
     proto = load_onnx(model) if isinstance(model, Path) else None  # checks external data too
     providers = registered_providers(provider, config.provider_options, proto)
     source = str(model) if isinstance(model, Path) else model
