@@ -22,8 +22,14 @@ import click
 from resnet_deploy import __version__
 from resnet_deploy.errors import ResnetDeployError, Terminated
 from resnet_deploy.files import STDOUT, check_outputs
-from resnet_deploy.int8target import TARGETS as INT8_TARGETS
-from resnet_deploy.metadata import ARCHS, MAX_BATCH, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, VARIANTS
+from resnet_deploy.metadata import (
+    ARCHS,
+    INT8_TARGETS,
+    MAX_BATCH,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    VARIANTS,
+)
 from resnet_deploy.providers import CUDNN_ALGOS
 from resnet_deploy.report import write_json
 

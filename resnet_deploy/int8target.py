@@ -25,10 +25,10 @@ from pathlib import Path
 import onnx
 
 from resnet_deploy.errors import InputError
-from resnet_deploy.metadata import ModelMetadata
+from resnet_deploy.metadata import INT8_TARGETS, ModelMetadata
 from resnet_deploy.providers import CPU, CUDA, TENSORRT
 
-TARGETS = ("cpu", "cpu-avx2", "tensorrt")
+TARGETS = INT8_TARGETS
 DEFAULT_TARGET = "cpu"
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 CPUINFO = Path("/proc/cpuinfo")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 VARIANTS: tuple[str, ...] = ("torchvision", "seed")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+INT8_TARGETS: tuple[str, ...] = ("cpu", "cpu-avx2", "tensorrt")  # see int8target
 SEED_IMAGE_SIZE = 224  # the seed variant ends in AvgPool2d(7): 224x224 inputs only
 MIN_IMAGE_SIZE = 32  # five stride-2 steps must leave at least one pixel
 MAX_IMAGE_SIZE = 4096  # far past any ImageNet classifier; memory is checked per command too
@@ -58,7 +59,7 @@ class ModelMetadata:
     preprocessing: str = "imagenet"  # resize 256/224 of the crop, center crop, normalise
     precision: str = "fp32"  # fp32, fp16 or int8
     calibration: str = ""  # how an int8 model was calibrated
-    target: str = ""  # int8: the machine it was made for (int8target.TARGETS); "" before targets
+    target: str = ""  # int8: the machine it was made for (INT8_TARGETS); "" before targets
 
     def to_props(self) -> dict[str, str]:
         """Every field as a string; tuples and None as JSON so they read back exactly."""
@@ -187,6 +188,7 @@ _CHECKS = {
     "preprocessing": _one_of(("imagenet",)),
     "precision": _one_of(PRECISIONS),
     "calibration": _any_text,
+    "target": _one_of(("", *INT8_TARGETS)),
 }
 
 

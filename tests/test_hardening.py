@@ -310,6 +310,7 @@ BAD_METADATA = {
     "input_name": ['"images"', ""],
     "output_name": ["probs"],
     "weights_sha256": ["abc"],
+    "target": ["arm", "CPU"],
 }
 BAD_CASES = [(key, value) for key, values in BAD_METADATA.items() for value in values]
 
