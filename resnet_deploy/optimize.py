@@ -271,7 +271,8 @@ def to_int8(
 
     scheme = SCHEMES[options.target]
     model = copy.deepcopy(model)
-    rewrites = exact_rewrites(model) if options.rewrite else Rewrites()
+    for_mlas = options.target != "tensorrt"
+    rewrites = exact_rewrites(model, for_mlas=for_mlas) if options.rewrite else Rewrites()
     for rewrite in rewrites.done:
         progress(f"rewrite: {rewrite}")
     # The calibrators print their progress to stdout, where a --json record goes.

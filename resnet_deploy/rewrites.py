@@ -33,12 +33,14 @@ class Rewrites:
     # QuantizeLinear, DequantizeLinear pair before it and a float Pad between
 
 
-def exact_rewrites(model: onnx.ModelProto) -> Rewrites:
-    """Apply every rewrite that fits ``model`` in place."""
+def exact_rewrites(model: onnx.ModelProto, *, for_mlas: bool = True) -> Rewrites:
+    """Apply every rewrite that fits ``model`` in place. The stem's channel padding serves
+    ONNX Runtime's CPU kernels (MLAS) only; ``for_mlas=False`` (a TensorRT file) skips it, as
+    it would put a float Pad before the first QuantizeLinear."""
     rewrites = Rewrites()
     if global_average_pool(model):
         rewrites.done.append("ReduceMean over H,W -> GlobalAveragePool")
-    if pad_stem_channels(model):
+    if for_mlas and pad_stem_channels(model):
         rewrites.done.append(f"stem input channels 3 -> {STEM_CHANNELS} (zero channel, weights)")
         rewrites.float_nodes.add(STEM_PAD)
     return rewrites
