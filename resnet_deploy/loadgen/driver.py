@@ -18,6 +18,7 @@ from resnet_deploy.bench import CUDA, TENSORRT, check_options, session_config
 from resnet_deploy.endpoint import EndpointOptions, connect
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.images import list_images
+from resnet_deploy.int8target import require_target
 from resnet_deploy.labels import NUM_IMAGENET_CLASSES
 from resnet_deploy.loadgen.options import (
     CALIBRATION_S,
@@ -183,10 +184,13 @@ def _prepare(
     progress: Callable[[str], None],
 ) -> _Prepared:
     """System, sample library and the timings the defaults and LoadGen's hints come from."""
-    metadata = None if path is None else load_with_metadata(path)[1]
+    proto, metadata = (None, None) if path is None else load_with_metadata(path)
     if options.endpoint is None:
         fixed = None if metadata.batch == "dynamic" else int(metadata.batch)
         max_batch = _max_batch(options, scenario, path, fixed, None)
+        provider = check_options(options.engine)
+        for warning in require_target(proto, metadata, provider, name=str(path)):  # or refuses
+            progress(f"warning: {warning}")
         found = _in_process(path, metadata, max_batch, options, progress)
     else:
         found = _remote(options.endpoint, metadata, progress)
