@@ -54,6 +54,18 @@ DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_WARMUP_S = 2.0
 DEFAULT_DURATION_S = 5.0
 CV_WARNING = 0.10  # run-to-run spread above which a result is flagged unstable
+# The columns every latency table starts with (`bench` and `bench --url`)
+LATENCY_HEADERS = (
+    "batch",
+    "runs",
+    "mean ms",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "max ms",
+    "cv",
+    "images/s",
+)
 PERCENTILE_MIN_RUNS = {"p90": 10, "p95": 20, "p99": 100}  # fewer runs: it is just the maximum
 TORCH_FIELDS = (
     "runs",
@@ -625,26 +637,23 @@ def summary(report: BenchReport) -> str:
         lines.append(f"baseline: {report.eager_baseline}")
     if report.openvino:
         lines.append(f"compared with {report.openvino}, same file, batch and threads")
-    headers = ["batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "cv", "images/s"]
+    headers = list(LATENCY_HEADERS)
     eager = report.options.baseline == "torch"
     if eager:
         headers += ["eager p50 ms", "eager images/s", "speed-up"]
     openvino = report.options.compare == "openvino"
     if openvino:
         headers += ["openvino p50 ms", "openvino images/s", "ort/openvino"]
-    rows, notes = [], []
-    for b in report.batches:
-        notes += [f"batch {b.batch_size}: {text}" for text in b.warnings]
-        if b.error is not None:
-            notes.append(f"batch {b.batch_size}: failed: {b.error}")
-            continue
-        row = [b.batch_size, b.runs, b.mean_ms, b.p50_ms, b.p90_ms, b.p99_ms, b.max_ms, b.cv]
-        row.append(b.images_per_s)
+
+    def beside(b: BatchResult) -> list[Any]:
+        row = []
         if eager:
             row += [b.torch_p50_ms, b.torch_images_per_s, _ratio(b.speedup_vs_torch, b)]
         if openvino:
             row += [b.openvino_p50_ms, b.openvino_images_per_s, _ratio(b.speedup_vs_openvino, b)]
-        rows.append(["-" if value is None else value for value in row])
+        return row
+
+    rows, notes = latency_rows(report.batches, beside)
     if rows:
         lines += ["", format_table(headers, rows)]
     if any(not b.ratios_reliable for b in report.batches):
@@ -652,6 +661,23 @@ def summary(report: BenchReport) -> str:
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
+
+
+def latency_rows(
+    batches: list[BatchResult], beside: Callable[[BatchResult], list[Any]]
+) -> tuple[list[list[Any]], list[str]]:
+    """A table row per measured batch (the latency columns, then ``beside``'s) and a note per
+    warning and failure: the table `bench` and `bench --url` both print."""
+    rows, notes = [], []
+    for b in batches:
+        notes += [f"batch {b.batch_size}: {text}" for text in b.warnings]
+        if b.error is not None:
+            notes.append(f"batch {b.batch_size}: failed: {b.error}")
+            continue
+        row = [b.batch_size, b.runs, b.mean_ms, b.p50_ms, b.p90_ms, b.p99_ms, b.max_ms, b.cv]
+        row += [b.images_per_s, *beside(b)]
+        rows.append(["-" if value is None else value for value in row])
+    return rows, notes
 
 
 def _ratio(value: float | None, result: BatchResult) -> str | None:

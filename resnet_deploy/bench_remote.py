@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +24,13 @@ from resnet_deploy.bench import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_DURATION_S,
     DEFAULT_WARMUP_S,
+    LATENCY_HEADERS,
     BatchResult,
     BenchOptions,
     BenchReport,
     bench,
     check_options,
+    latency_rows,
     loop_bounds,
     summarize,
     too_few_runs,
@@ -219,23 +222,23 @@ def format_remote(report: RemoteBenchReport) -> str:
             f"in process: {report.model_file} ({local.metadata.arch}, {local.input_dtype}), "
             f"{local.provider}, {local.threads} threads"
         )
-    headers = ["batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "cv", "images/s"]
+    headers = list(LATENCY_HEADERS)
     by_batch = {o.batch_size: o for o in report.overhead}
     if by_batch:
         headers += ["in-process p50 ms", "overhead p50 ms", "in-process images/s", "served/in"]
-    rows, notes = [], []
-    for b in report.batches:
-        notes += [f"batch {b.batch_size}: {text}" for text in b.warnings]
-        if b.error is not None:
-            notes.append(f"batch {b.batch_size}: failed: {b.error}")
-            continue
-        row = [b.batch_size, b.runs, b.mean_ms, b.p50_ms, b.p90_ms, b.p99_ms, b.max_ms, b.cv]
-        row.append(b.images_per_s)
-        if by_batch:
-            o = by_batch[b.batch_size]
-            row += [o.in_process_p50_ms, o.overhead_p50_ms, o.in_process_images_per_s]
-            row.append(o.throughput_ratio)
-        rows.append(["-" if value is None else value for value in row])
+
+    def beside(b: BatchResult) -> list[Any]:
+        if not by_batch:
+            return []
+        o = by_batch[b.batch_size]
+        return [
+            o.in_process_p50_ms,
+            o.overhead_p50_ms,
+            o.in_process_images_per_s,
+            o.throughput_ratio,
+        ]
+
+    rows, notes = latency_rows(report.batches, beside)
     if rows:
         lines += ["", format_table(headers, rows)]
     if by_batch and report.concurrency > 1:
