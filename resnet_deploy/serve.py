@@ -76,6 +76,9 @@ SHM_DIR = Path("/dev/shm")
 POLL_S = 0.2
 
 
+PROXY_NOT_LISTENING = "ConnectionRefusedError"  # in Triton's "Model initialize error: ..."
+
+
 class ServeError(ResnetDeployError):
     """The server could not start or stopped on its own; the message gives the cause."""
 
@@ -552,7 +555,17 @@ def serve(
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     server = ModelServer(model_path, options)
     try:
-        endpoints = server.start(progress, cancel=stop)
+        try:
+            endpoints = server.start(progress, cancel=stop)
+        except ServeError as error:
+            if PROXY_NOT_LISTENING not in str(error):
+                raise
+            # Seen once in four full test runs: an instance's Python stub reached PyTriton's
+            # model proxy before it listened. Not the user's doing; one clean retry.
+            progress(f"start failed ({error}); starting once more")
+            server.stop()
+            server = ModelServer(model_path, options)
+            endpoints = server.start(progress, cancel=stop)
         on_ready(endpoints, server.startup_s)
         stopped_by = ""
         while not stop.wait(1.0):
