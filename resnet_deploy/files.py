@@ -110,11 +110,10 @@ def check_output_path(path: Path, *, force: bool, inputs: Iterable[Path | str | 
     return path
 
 
-def check_output_folder(
-    folder: Path, *, force: bool, inputs: Iterable[Path | str | None] = ()
-) -> Path:
+def check_output_folder(folder: Path, *, inputs: Iterable[Path | str | None] = ()) -> Path:
     """A folder a command fills (a run folder, a repository): a folder or nothing yet; never
-    one that holds an input, since replacing it would delete that input."""
+    one that holds an input, since replacing it would delete that input. Whether its contents
+    may be replaced (``--force``) is the owning command's rule."""
     folder = Path(folder)
     _check_folder_writable(folder, folder.parent)
     found = _lstat(folder)
@@ -123,7 +122,6 @@ def check_output_folder(
     if found is not None and not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{folder}: no permission to write in it")
     _check_not_input(folder, inputs, "folder")
-    del force  # whether its contents may be replaced is the owning command's rule
     return folder
 
 
@@ -152,7 +150,7 @@ def check_outputs(
     for path in file_paths:
         check_output_path(path, force=force, inputs=inputs)
     for folder in folder_paths:
-        check_output_folder(folder, force=force, inputs=inputs)
+        check_output_folder(folder, inputs=inputs)
 
 
 @contextmanager

@@ -158,7 +158,7 @@ def command_line(options: RunOptions) -> str:
 def prepare_folder(folder: Path, *, force: bool, inputs: list[Path | str] = ()) -> Path:
     """A fresh artifacts folder: an existing non-empty one is only replaced with ``force``,
     and never when an input (the weights) lies inside it."""
-    folder = check_output_folder(Path(folder), force=force, inputs=inputs)
+    folder = check_output_folder(Path(folder), inputs=inputs)
     if folder.is_dir() and any(folder.iterdir()):
         if not force:
             raise InputError(f"{folder}: already holds files (pass --force to replace them)")
