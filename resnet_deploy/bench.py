@@ -39,6 +39,7 @@ from resnet_deploy.providers import (
     SessionConfig,
     create_session,
     cuda_provider_options,
+    input_dtype,
     provider_options_used,
     resolve_provider,
     tensorrt_build_note,
@@ -47,7 +48,7 @@ from resnet_deploy.providers import (
     with_trt_profile,
 )
 from resnet_deploy.report import format_table
-from resnet_deploy.runners import OrtRunner, TorchRunner, input_dtype
+from resnet_deploy.runners import OrtRunner, TorchRunner
 from resnet_deploy.weights import sha256_of
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)

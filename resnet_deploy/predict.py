@@ -17,13 +17,12 @@ import numpy as np
 
 from resnet_deploy.errors import InputError
 from resnet_deploy.images import list_images, load_image
-from resnet_deploy.labels import imagenet_classes
+from resnet_deploy.labels import ClassScore, imagenet_classes, softmax, top_k
 from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.onnxfile import load_with_metadata
-from resnet_deploy.providers import SessionConfig, create_session, resolve_provider
+from resnet_deploy.providers import SessionConfig, create_session, input_dtype, resolve_provider
 from resnet_deploy.report import format_table
-from resnet_deploy.runners import input_dtype
 
 DEFAULT_BATCH_SIZE = 8
 GLOB_CHARACTERS = frozenset("*?[")
@@ -34,13 +33,6 @@ class PredictOptions:
     top: int = 5
     provider: str = "cpu"
     batch_size: int | None = None  # None: the model's fixed batch, or DEFAULT_BATCH_SIZE
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    class_index: int
-    class_name: str
-    probability: float
 
 
 @dataclass(frozen=True)
@@ -172,20 +164,6 @@ def pad(batch: np.ndarray, size: int) -> np.ndarray:
     """``batch`` filled up to ``size`` rows with zeros, whose results the caller drops."""
     filler = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
     return np.concatenate([batch, filler])
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise, in float64, so small probabilities keep their digits and rows sum to 1."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def top_k(probabilities: np.ndarray, k: int) -> list[ClassScore]:
-    """The ``k`` most likely classes, most likely first (ties by class index)."""
-    names = imagenet_classes()
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [ClassScore(int(i), names[i], float(probabilities[i])) for i in order]
 
 
 def format_predictions(report: PredictReport) -> str:

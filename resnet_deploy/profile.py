@@ -38,9 +38,14 @@ from resnet_deploy.files import atomic_output, write_bytes_atomic
 from resnet_deploy.metadata import ModelMetadata
 from resnet_deploy.onnxfile import load_with_metadata
 from resnet_deploy.openvino_runner import import_openvino, inference_precision
-from resnet_deploy.providers import SPINNING, SessionConfig, captured_stderr, create_session
+from resnet_deploy.providers import (
+    SPINNING,
+    SessionConfig,
+    captured_stderr,
+    create_session,
+    input_dtype,
+)
 from resnet_deploy.report import format_table
-from resnet_deploy.runners import input_dtype
 from resnet_deploy.weights import sha256_of
 
 COMPARES = ("openvino",)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
@@ -44,6 +45,21 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # cudnn_conv_algo_search values
 SPINNING = "session.intra_op.allow_spinning"  # "1": idle threads spin (low latency, busy CPU)
+
+
+ONNX_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+
+
+def input_dtype(session: ort.InferenceSession) -> np.dtype:
+    """The dtype the model declares for its first input (fp16 models take float16)."""
+    declared = session.get_inputs()[0].type
+    if declared not in ONNX_DTYPES:
+        raise InputError(f"input type {declared} is not supported; expected a float tensor")
+    return np.dtype(ONNX_DTYPES[declared])
 
 
 def resolve_provider(name: str) -> str:

@@ -16,21 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from resnet_deploy.errors import InputError
-
-ONNX_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-}
-
-
-def input_dtype(session: ort.InferenceSession) -> np.dtype:
-    """The dtype the model declares for its first input (fp16 models take float16)."""
-    declared = session.get_inputs()[0].type
-    if declared not in ONNX_DTYPES:
-        raise InputError(f"input type {declared} is not supported; expected a float tensor")
-    return np.dtype(ONNX_DTYPES[declared])
+from resnet_deploy.providers import ONNX_DTYPES
 
 
 class OrtRunner:

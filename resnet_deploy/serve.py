@@ -1,9 +1,12 @@
-"""`serve`: the model behind a real Triton Inference Server, started through PyTriton.
+"""`serve`: the model behind a real Triton Inference Server.
 
-PyTriton runs NVIDIA's own ``tritonserver`` as a child process; its Python backend hands each
-batch that Triton's dynamic batcher forms to a function in this process, which runs it on an
-ONNX Runtime session. Clients therefore speak KServe v2 (HTTP and gRPC) to the same scheduler,
-queue policy and error handling that a production Triton has.
+NVIDIA's own ``tritonserver`` (the build the ``nvidia-pytriton`` wheel ships, with its Python
+backend) runs as a child process on a model repository written for the run. Each model instance
+is a Python-backend stub process holding its own ONNX Runtime session (``triton_backend``), so
+clients speak KServe v2 (HTTP and gRPC) to the same scheduler, dynamic batcher, queue policy and
+error handling that a production Triton has, and a batch reaches ONNX Runtime through the stub's
+shared memory alone. PyTriton's own way, binding a function in this process behind a proxy, cost
+about 7 ms more a request on this project's 2-core CPU, more than the whole serving budget.
 
 Two models are served:
 
@@ -11,28 +14,29 @@ Two models are served:
   writes for the same file (both come from ``triton.build_config``), so one client works
   against this server and against a Triton serving the repository.
 - ``<name>_image``: encoded image bytes in (one image a batch row), the model's recorded
-  preprocessing done here, the top-k class names and probabilities out. PyTriton can only fail
-  a whole batch, and one client's bad file must not fail the others batched with it, so each
-  row carries an ``error`` output: empty when the image was classified, else the reason.
+  preprocessing done in the stub, the top-k class names and probabilities out, and an ``error``
+  output a row: empty when the image was classified, else the reason, so one client's bad file
+  does not fail the rows batched with it.
 
-Three things PyTriton leaves to its user are handled here: the Python-backend stub loads
-``libpython3.X.so`` by soname, so an interpreter built elsewhere (pyenv, conda) gets the
-system's library unless its own LIBDIR comes first on the loader path; ``/v2/health/ready``
-answers before the models are loaded, so readiness is each model's own endpoint; and SIGTERM
-would kill this process at once, losing in-flight requests, so both SIGINT and SIGTERM end in
-the same drain: Triton stops taking requests, finishes those in flight, then exits.
+What the Triton build leaves to its user is handled here: the stub loads ``libpython3.X.so``
+by soname, so an interpreter built elsewhere (pyenv, conda) gets the system's library unless
+its own LIBDIR comes first on the loader path; ``/v2/health/ready`` answers before the models
+are loaded, so readiness is each model's own endpoint; and both SIGINT and SIGTERM end in the
+same drain: Triton stops taking requests, finishes those in flight, then exits.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
-import io
-import logging
 import os
 import re
 import shutil
 import signal
+import site
 import socket
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -42,41 +46,40 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.utils import triton_to_np_dtype
 
 from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.images import open_rgb, preprocess
 from resnet_deploy.int8target import require_target
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
 from resnet_deploy.placement import check_placement
-from resnet_deploy.predict import softmax, top_k
-from resnet_deploy.providers import SessionConfig, create_session, resolve_provider
-from resnet_deploy.runners import input_dtype
+from resnet_deploy.providers import (
+    SPINNING,
+    SessionConfig,
+    create_session,
+    resolve_provider,
+)
 from resnet_deploy.triton import (
+    LABELS_FILE,
     TritonOptions,
     build_config,
+    labelled_outputs,
+    labels_file_text,
     model_name,
+    render_config,
     resolve_batching,
     tensor_specs,
 )
+from resnet_deploy.triton_backend import IMAGE_INPUT, IMAGE_OUTPUTS
 
 IMAGE_SUFFIX = "_image"
-IMAGE_INPUT = "image"
-IMAGE_OUTPUTS = ("classes", "class_indices", "probabilities", "error")
 DEFAULT_MAX_QUEUE_SIZE = 128
 DEFAULT_TOP_K = 5
 SHM_DIR = Path("/dev/shm")
 POLL_S = 0.2
-
-
-PROXY_NOT_LISTENING = "ConnectionRefusedError"  # in Triton's "Model initialize error: ..."
+STOP_MARGIN_S = 30.0  # beyond the drain: unloading the models and their stubs
 
 
 class ServeError(ResnetDeployError):
@@ -96,6 +99,7 @@ class ServeOptions:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # requests waiting per model; 0: unbounded
     instances: int = 1  # model instances, each with its own ONNX Runtime session
     threads: int = 0  # intra-op threads per session; 0: ONNX Runtime's default
+    spin: bool = True  # ONNX Runtime's default; off leaves idle cores to Triton and its clients
     top_k: int = DEFAULT_TOP_K  # classes the image model returns
     image_model: bool = True
     startup_timeout_s: float = 120.0
@@ -186,14 +190,10 @@ def served_model(model_path: Path, options: ServeOptions) -> ServedModel:
         warmup=False,
     )
     max_batch, preferred = resolve_batching(triton_options, inputs, outputs)
-    config = build_config(name, inputs, outputs, triton_options, max_batch, preferred, set())
+    labelled = labelled_outputs(outputs)
+    config = build_config(name, inputs, outputs, triton_options, max_batch, preferred, labelled)
     first = inputs[0].shape[0] if inputs and inputs[0].shape else -1
     return ServedModel(config, metadata, None if first == -1 else first, tuple(warnings))
-
-
-def np_dtype(data_type: int) -> type:
-    """The numpy type of a Triton data type (``TYPE_FP32`` -> float32)."""
-    return triton_to_np_dtype(mc.DataType.Name(data_type).removeprefix("TYPE_"))
 
 
 class ModelServer:
@@ -205,16 +205,14 @@ class ModelServer:
 
     def __init__(self, model_path: Path, options: ServeOptions = ServeOptions()) -> None:
         check_options(options)
-        self.model_path = Path(model_path)
+        self.model_path = Path(model_path).resolve()
         self.options = options
         self.served = served_model(self.model_path, options)
         self.notes: list[str] = list(self.served.warnings)
         self.startup_s = 0.0
-        self._triton: Any = None
+        self._process: subprocess.Popen | None = None
         self._folder: Path | None = None
-        self._saved_library_path: str | None = None
         self._started_at = 0.0
-        self._stopped = threading.Event()
 
     @property
     def name(self) -> str:
@@ -250,34 +248,28 @@ class ModelServer:
     ) -> Endpoints:
         """Start and wait for readiness; ``cancel`` set meanwhile stops it (KeyboardInterrupt)."""
         started = time.perf_counter()
-        if importlib.util.find_spec("pytriton") is None:
-            raise ServeError(
-                "serve needs PyTriton, which is not installed: pip install 'resnet-deploy[serve]' "
-                "(Linux x86_64 or aarch64 only)"
-            )
+        engine = tritonserver_files()
         check_ports_free(self.options)
-        progress(f"start {self.options.instances} ONNX Runtime session(s)")
-        session_config = SessionConfig(
-            provider=self.options.provider,
-            intra_op_threads=self.options.threads,
-            strict_placement=self.options.strict_placement,
-        )
-        sessions = [
-            create_session(self.model_path, session_config) for _ in range(self.options.instances)
-        ]
-        self.notes.append(sessions[0].placement.summary())
-        self.notes += check_placement(sessions[0].placement, strict=False)
+        # One session here first: a file ONNX Runtime cannot load or a provider that is not
+        # there is the user's one-line error now, not a traceback in Triton's log later.
+        progress("check the model loads in ONNX Runtime")
+        session = create_session(self.model_path, self._session_config())
+        self.notes.append(session.placement.summary())
+        self.notes += check_placement(session.placement, strict=False)
+        del session
         if self.options.image_model and self.served.metadata is None:
             self.notes.append(
                 f"{self.model_path} has no resnet-deploy metadata: no image model, since its "
                 "preprocessing is unknown"
             )
-        progress("start tritonserver")
         self._folder = Path(tempfile.mkdtemp(prefix="resnet-deploy-serve-"))
-        self._saved_library_path = put_libpython_first()
         try:
-            self._triton = self._bind(sessions)
-            self._run_until_ready(progress, cancel or threading.Event())
+            repository = self._write_repository(self._folder / "models")
+            progress(f"start tritonserver ({self.options.instances} instance(s) a model)")
+            self._process = launch_tritonserver(
+                engine, repository, self.options, self._folder, self.log_file
+            )
+            self._wait_until_ready(progress, cancel or threading.Event())
         except BaseException:
             self.stop()
             raise
@@ -285,116 +277,86 @@ class ModelServer:
         self._started_at = time.perf_counter()
         return self.endpoints
 
-    def _bind(self, sessions: list[ort.InferenceSession]) -> Any:
-        from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
-        from pytriton.triton import Triton, TritonConfig
+    def _session_config(self) -> SessionConfig:
+        return SessionConfig(
+            provider=self.options.provider,
+            intra_op_threads=self.options.threads,
+            session_config_entries={SPINNING: "1" if self.options.spin else "0"},
+            strict_placement=self.options.strict_placement,
+        )
 
-        logging.getLogger("pytriton").setLevel(logging.ERROR)  # Triton's log file has the story
+    def _write_repository(self, repository: Path) -> Path:
+        """The models as Triton's Python backend runs them (see triton_backend)."""
         options = self.options
-        assert self._folder is not None
-        triton = Triton(
-            workspace=self._folder / "pytriton",  # removed with our folder, however stop ends
-            config=TritonConfig(
-                http_address=options.host,
-                http_port=options.http_port,
-                grpc_address=options.host,
-                grpc_port=options.grpc_port,
-                metrics_address=options.host,
-                metrics_port=options.metrics_port,
-                allow_gpu_metrics=False,
-                exit_timeout_secs=options.drain_timeout_s,
-                log_file=self.log_file,
-                log_verbose=0,
-            ),
-        )
-        config = self.served.config
-        batching = config.max_batch_size > 0
-        queue = QueuePolicy(max_queue_size=options.max_queue_size)
-        batcher = DynamicBatcher(
-            max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds,
-            preferred_batch_size=list(config.dynamic_batching.preferred_batch_size) or None,
-            default_queue_policy=queue,
-        )
-        triton.bind(
-            model_name=config.name,
-            infer_func=[tensor_function(s) for s in sessions],
-            inputs=[
-                Tensor(name=t.name, dtype=np_dtype(t.data_type), shape=tuple(t.dims))
-                for t in config.input
-            ],
-            outputs=[
-                Tensor(name=t.name, dtype=np_dtype(t.data_type), shape=tuple(t.dims))
-                for t in config.output
-            ],
-            config=ModelConfig(
-                batching=batching, max_batch_size=max(config.max_batch_size, 1), batcher=batcher
-            ),
-        )
+        parameters = {
+            "model_path": str(self.model_path),
+            "provider": resolve_provider(options.provider),
+            "threads": str(options.threads),
+            "spin": "1" if options.spin else "0",
+            "strict_placement": "1" if options.strict_placement else "0",
+        }
+        config = mc.ModelConfig()
+        config.CopyFrom(self.served.config)
+        config.ClearField("platform")
+        config.backend = "python"
+        if config.max_batch_size > 0:
+            config.dynamic_batching.default_queue_policy.max_queue_size = options.max_queue_size
+        models = [(config, {**parameters, "kind": "tensor"})]
         if self._serves_images():
-            image_batch = config.max_batch_size or self.served.fixed_batch or 1
-            k = options.top_k
-            triton.bind(
-                model_name=config.name + IMAGE_SUFFIX,
-                infer_func=[
-                    image_function(s, self.served.metadata, k, self.served.fixed_batch, image_batch)
-                    for s in sessions
-                ],
-                inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))],
-                outputs=[
-                    Tensor(name="classes", dtype=np.bytes_, shape=(k,)),
-                    Tensor(name="class_indices", dtype=np.int64, shape=(k,)),
-                    Tensor(name="probabilities", dtype=np.float32, shape=(k,)),
-                    Tensor(name="error", dtype=np.bytes_, shape=(1,)),
-                ],
-                config=ModelConfig(
-                    max_batch_size=image_batch,
-                    batcher=DynamicBatcher(
-                        max_queue_delay_microseconds=options.max_queue_delay_us,
-                        default_queue_policy=queue,
-                    ),
-                ),
-            )
-        return triton
+            models.append((self._image_config(), {**parameters, **self._image_parameters()}))
+        for model_config, values in models:
+            for key, value in values.items():
+                model_config.parameters[key].string_value = value
+            folder = repository / model_config.name
+            (folder / "1").mkdir(parents=True)
+            (folder / "1" / "model.py").write_text(backend_stub_source())
+            (folder / "config.pbtxt").write_text(render_config(model_config, str(self.model_path)))
+            if any(output.label_filename for output in model_config.output):
+                (folder / LABELS_FILE).write_text(labels_file_text())
+        return repository
+
+    def _image_config(self) -> mc.ModelConfig:
+        k = self.options.top_k
+        config = mc.ModelConfig(
+            name=self.name + IMAGE_SUFFIX, backend="python", max_batch_size=self._image_rows()
+        )
+        config.input.add(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+        types = (mc.TYPE_STRING, mc.TYPE_INT64, mc.TYPE_FP32, mc.TYPE_STRING)
+        widths = (k, k, k, 1)
+        for name, data_type, width in zip(IMAGE_OUTPUTS, types, widths, strict=True):
+            config.output.add(name=name, data_type=data_type, dims=[width])
+        config.dynamic_batching.max_queue_delay_microseconds = self.options.max_queue_delay_us
+        config.dynamic_batching.default_queue_policy.max_queue_size = self.options.max_queue_size
+        config.instance_group.add(count=self.options.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        return config
+
+    def _image_rows(self) -> int:
+        return self.served.config.max_batch_size or self.served.fixed_batch or 1
+
+    def _image_parameters(self) -> dict[str, str]:
+        return {
+            "kind": "image",
+            "top_k": str(self.options.top_k),
+            "fixed_batch": str(self.served.fixed_batch or 0),
+            "max_rows": str(self._image_rows()),
+        }
 
     @property
     def log_file(self) -> Path:
         assert self._folder is not None
         return self._folder / "tritonserver.log"
 
-    def _run_until_ready(self, progress: Callable[[str], None], cancel: threading.Event) -> None:
-        """``Triton.run`` in a thread, watched: a dead tritonserver or a failed load ends the wait.
-
-        PyTriton's own wait polls a dead server for two minutes; this one stops as soon as the
-        process is gone or the models' load has failed.
-        """
-        failure: list[BaseException] = []
-        started = threading.Event()
-
-        def run() -> None:
-            try:
-                self._triton.run()
-            except BaseException as exc:
-                failure.append(exc)
-            started.set()
-            # tritonserver gets SIGTERM when the thread that forked it ends (PR_SET_PDEATHSIG
-            # is per thread), so this thread lives until the server is stopped.
-            self._stopped.wait()
-
-        thread = threading.Thread(target=run, name="triton-start", daemon=True)
-        thread.start()
+    def _wait_until_ready(self, progress: Callable[[str], None], cancel: threading.Event) -> None:
+        """Until every model answers ready; a dead tritonserver ends the wait with its cause."""
+        assert self._process is not None
         deadline = time.monotonic() + self.options.startup_timeout_s
         names = [self.name] + ([self.name + IMAGE_SUFFIX] if self._serves_images() else [])
-        seen_server = False
         while True:
             if cancel.is_set():
                 raise KeyboardInterrupt  # a signal before the models were ready
-            if failure:
-                raise ServeError(self._cause(f"models failed to load ({failure[0]})"))
-            alive = bool(tritonserver_pids())
-            seen_server = seen_server or alive
-            if seen_server and not alive:
+            if self._process.poll() is not None:
                 raise ServeError(self._cause("tritonserver exited during start"))
-            if started.is_set() and all(model_ready(self.ready_url(n)) for n in names):
+            if all(model_ready(self.ready_url(n)) for n in names):
                 progress(f"models ready: {', '.join(names)}")
                 return
             if time.monotonic() > deadline:
@@ -417,25 +379,26 @@ class ModelServer:
 
     def alive(self) -> bool:
         """tritonserver is running and the models still answer ready."""
-        return bool(tritonserver_pids()) and model_ready(self.ready_url(self.name))
+        running = self._process is not None and self._process.poll() is None
+        return running and model_ready(self.ready_url(self.name))
 
     def stop(self) -> None:
-        """Drain and stop tritonserver, end PyTriton's handlers, remove what they left."""
-        if self._triton is not None:
-            triton, self._triton = self._triton, None
-            # SIGINT to tritonserver: it stops taking requests, finishes those in flight and
-            # exits; then PyTriton ends its handlers. If tritonserver died while starting,
-            # PyTriton's start thread holds the lock stop() needs while it polls the dead server
-            # for two minutes: what it would clean up is removed below instead of waited for.
-            alive = bool(tritonserver_pids())
-            stopper = threading.Thread(target=triton.stop, name="triton-stop", daemon=True)
-            stopper.start()
-            stopper.join(self.options.drain_timeout_s + 45 if alive else 5)
-        self._stopped.set()
+        """Drain and stop tritonserver, then remove what it left.
+
+        SIGINT to tritonserver: it stops taking requests, finishes those in flight (for at
+        most its exit timeout), unloads the models, whose stubs remove their shared memory,
+        and exits. Only a server that outlives that is killed.
+        """
+        if self._process is not None:
+            process, self._process = self._process, None
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(self.options.drain_timeout_s + STOP_MARGIN_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         remove_shared_memory(os.getpid())
-        if self._saved_library_path is not None:
-            restore_library_path(self._saved_library_path)
-            self._saved_library_path = None
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
@@ -443,99 +406,6 @@ class ModelServer:
     @property
     def uptime_s(self) -> float:
         return time.perf_counter() - self._started_at if self._started_at else 0.0
-
-
-def tensor_function(session: ort.InferenceSession) -> Callable:
-    """Triton's batch of the model's own tensors, run as one ONNX Runtime call."""
-    from pytriton.decorators import batch
-
-    output_names = [o.name for o in session.get_outputs()]
-
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(output_names, session.run(output_names, inputs), strict=True))
-
-    return infer
-
-
-def image_function(
-    session: ort.InferenceSession,
-    metadata: ModelMetadata,
-    k: int,
-    fixed_batch: int | None,
-    max_rows: int,
-) -> Callable:
-    """Encoded images -> preprocessing -> the model -> top-k; a bad row gets an ``error``."""
-    from pytriton.decorators import batch
-
-    dtype = input_dtype(session)
-
-    @batch
-    def infer(image: np.ndarray) -> dict[str, np.ndarray]:
-        rows = len(image)
-        errors = np.full((rows, 1), b"", dtype=object)
-        arrays, good = [], []
-        for row, data in enumerate(image[:, 0]):
-            try:
-                arrays.append(decode_image(bytes(data), metadata))
-                good.append(row)
-            except InputError as exc:
-                errors[row, 0] = str(exc).encode()
-        classes = np.full((rows, k), b"", dtype=object)
-        indices = np.zeros((rows, k), np.int64)
-        probabilities = np.zeros((rows, k), np.float32)
-        if good:
-            logits = run_rows(
-                session, metadata, np.stack(arrays).astype(dtype), fixed_batch, max_rows
-            )
-            for row, scores in zip(good, softmax(logits), strict=True):
-                best = top_k(scores, k)
-                classes[row] = [score.class_name.encode() for score in best]
-                indices[row] = [score.class_index for score in best]
-                probabilities[row] = [score.probability for score in best]
-        return {
-            "classes": classes,
-            "class_indices": indices,
-            "probabilities": probabilities,
-            "error": errors,
-        }
-
-    return infer
-
-
-def decode_image(data: bytes, metadata: ModelMetadata) -> np.ndarray:
-    """One encoded image as the model's input row, with the preprocessing it was exported with."""
-    if not data:
-        raise InputError("image: empty payload, expected encoded image bytes (JPEG, PNG, ...)")
-    try:
-        image = open_rgb(io.BytesIO(data), "image")
-    except InputError as exc:
-        # Pillow names the buffer object in its message; say what the client sent instead.
-        message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
-        raise InputError(f"{message} ({len(data)} bytes, first {data[:8]!r})") from None
-    return preprocess(image, metadata.image_size, metadata.mean, metadata.std)
-
-
-def run_rows(
-    session: ort.InferenceSession,
-    metadata: ModelMetadata,
-    rows: np.ndarray,
-    fixed_batch: int | None,
-    max_rows: int,
-) -> np.ndarray:
-    """Logits for every row, in runs the model accepts (a fixed batch is padded with zeros)."""
-    size = fixed_batch or max_rows
-    results = []
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
-        if fixed_batch and len(chunk) < fixed_batch:
-            filler = np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            padded = np.concatenate([chunk, filler])
-        else:
-            padded = chunk
-        logits = session.run([metadata.output_name], {metadata.input_name: padded})[0]
-        results.append(logits[: len(chunk)])
-    return np.concatenate(results)
 
 
 def serve(
@@ -555,17 +425,7 @@ def serve(
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     server = ModelServer(model_path, options)
     try:
-        try:
-            endpoints = server.start(progress, cancel=stop)
-        except ServeError as error:
-            if PROXY_NOT_LISTENING not in str(error):
-                raise
-            # Seen once in four full test runs: an instance's Python stub reached PyTriton's
-            # model proxy before it listened. Not the user's doing; one clean retry.
-            progress(f"start failed ({error}); starting once more")
-            server.stop()
-            server = ModelServer(model_path, options)
-            endpoints = server.start(progress, cancel=stop)
+        endpoints = server.start(progress, cancel=stop)
         on_ready(endpoints, server.startup_s)
         stopped_by = ""
         while not stop.wait(1.0):
@@ -620,27 +480,116 @@ def check_ports_free(options: ServeOptions) -> None:
                 ) from None
 
 
-def put_libpython_first() -> str | None:
-    """Prepend this interpreter's LIBDIR to LD_LIBRARY_PATH; return the value to restore.
+@dataclass(frozen=True)
+class TritonFiles:
+    """Where PyTriton's wheel keeps the Triton build it ships."""
 
-    The Python-backend stub links ``libpython3.X.so`` by soname. Under pyenv or conda, the
-    loader would otherwise find the system's library of another patch release, and the models
-    fail to load with errors such as ``'_thread.RLock' object has no attribute
-    '_recursion_count'``.
+    binary: Path  # bin/tritonserver
+    libraries: Path  # the shared libraries it links
+    python_backend: Path  # backends/python: libtriton_python.so and its utilities
+    stub: Path  # the Python-backend stub built for this interpreter's version
+
+
+def tritonserver_files() -> TritonFiles:
+    """The Triton that nvidia-pytriton installs, with the stub for this Python, or a ServeError."""
+    if importlib.util.find_spec("pytriton") is None:
+        raise ServeError(
+            "serve needs PyTriton's Triton build, which is not installed: "
+            "pip install 'resnet-deploy[serve]' (Linux x86_64 or aarch64 only)"
+        )
+    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+
+    root = get_root_module_path() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    files = TritonFiles(
+        root / "bin" / "tritonserver",
+        get_libs_path(),
+        root / "backends" / "python",
+        get_stub_path(version),
+    )
+    missing = [str(p) for p in (files.binary, files.python_backend, files.stub) if not p.exists()]
+    if missing:
+        raise ServeError(f"PyTriton's Triton build for Python {version} lacks {', '.join(missing)}")
+    return files
+
+
+def backend_stub_source() -> str:
+    """The repository's model.py: this interpreter's packages, then the shared model class.
+
+    ``site.addsitedir`` also runs the ``.pth`` files there, so an editable install of this
+    package imports in the stub as it does here.
     """
+    package_root = Path(__file__).resolve().parent.parent
+    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return (
+        "# Written by resnet-deploy serve: Triton's Python backend runs this file.\n"
+        "import site\nimport sys\n\n"
+        f"sys.path.insert(0, {str(package_root)!r})\n"
+        f"for folder in {site_dirs!r}:\n"
+        "    site.addsitedir(folder)\n\n"
+        "from resnet_deploy.triton_backend import TritonPythonModel  # noqa: E402,F401\n"
+    )
+
+
+def launch_tritonserver(
+    files: TritonFiles, repository: Path, options: ServeOptions, folder: Path, log_file: Path
+) -> subprocess.Popen:
+    """tritonserver on ``repository``, with a backend folder holding the stub for this Python.
+
+    Triton looks for the stub beside the backend's library, so the two are linked into one
+    folder of our own. The child gets SIGTERM if this process dies without stopping it.
+    """
+    backends = folder / "backends" / "python"
+    backends.mkdir(parents=True)
+    for source in [*files.python_backend.iterdir(), files.stub]:
+        if source.is_file():
+            (backends / source.name).symlink_to(source)
+    command = [
+        str(files.binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends.parent}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix(os.getpid())}",
+        f"--http-address={options.host}",
+        f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-address={options.host}",
+        f"--metrics-port={options.metrics_port}",
+        "--allow-gpu-metrics=false",
+        f"--exit-timeout-secs={options.drain_timeout_s}",
+        f"--log-file={log_file}",
+        "--log-verbose=0",
+    ]
+    return subprocess.Popen(
+        command,
+        env=tritonserver_environment(files),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_terminate_with_parent,
+    )
+
+
+def _terminate_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tritonserver_environment(files: TritonFiles) -> dict[str, str]:
+    """This environment with the loader path tritonserver and its stubs need.
+
+    The stub links ``libpython3.X.so`` by soname. Under pyenv or conda, the loader would
+    otherwise find the system's library of another patch release, and the models fail to load
+    with errors such as ``'_thread.RLock' object has no attribute '_recursion_count'``: this
+    interpreter's LIBDIR goes first.
+    """
+    folders = [str(files.libraries)]
     libdir = sysconfig.get_config_var("LIBDIR")
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not libdir:
-        return None
-    saved = os.environ.get("LD_LIBRARY_PATH", "")
-    os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{saved}" if saved else libdir
-    return saved
-
-
-def restore_library_path(saved: str) -> None:
-    if saved:
-        os.environ["LD_LIBRARY_PATH"] = saved
-    else:
-        os.environ.pop("LD_LIBRARY_PATH", None)
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        folders.insert(0, libdir)
+    if os.environ.get("LD_LIBRARY_PATH"):
+        folders.append(os.environ["LD_LIBRARY_PATH"])
+    return {**os.environ, "LD_LIBRARY_PATH": ":".join(folders)}
 
 
 def model_ready(url: str) -> bool:
@@ -651,30 +600,16 @@ def model_ready(url: str) -> bool:
         return False
 
 
-def tritonserver_pids(parent: int | None = None) -> list[int]:
-    """The tritonserver processes this process started (read from /proc)."""
-    parent = os.getpid() if parent is None else parent
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'.
-        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if comm == "tritonserver" and int(fields[1]) == parent:
-            found.append(int(entry.name))
-    return found
+def shm_prefix(pid: int) -> str:
+    """How the Python backend names its /dev/shm regions for a server started by ``pid``."""
+    return f"resnet-deploy-{pid}-"
 
 
 def shared_memory_segments(pid: int) -> list[Path]:
     """The Python backend's /dev/shm regions for a server started by process ``pid``."""
     if not SHM_DIR.is_dir():
         return []
-    return sorted(SHM_DIR.glob(f"pytrtion{pid}-*"))
+    return sorted(SHM_DIR.glob(f"{shm_prefix(pid)}*"))
 
 
 def remove_shared_memory(pid: int) -> None:

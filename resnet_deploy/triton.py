@@ -202,6 +202,11 @@ def resolve_batching(
     return max_batch, preferred
 
 
+def labelled_outputs(outputs: list[TensorSpec]) -> set[str]:
+    """The outputs with one value a class, which get labels.txt (Triton's classification)."""
+    return {o.name for o in outputs if o.shape and o.shape[-1] == len(imagenet_classes())}
+
+
 def build_config(
     name: str,
     inputs: list[TensorSpec],
@@ -263,8 +268,8 @@ def _warmup_dims(spec: TensorSpec, skip: int) -> tuple[int, ...]:
 def check_config(config: mc.ModelConfig) -> None:
     """Triton's ValidateModelConfig rules for the fields this module writes."""
     problems = []
-    if not config.name or not config.platform:
-        problems.append("'name' and 'platform' are required")
+    if not config.name or not (config.platform or config.backend):
+        problems.append("'name' and 'platform' (or 'backend') are required")
     if config.max_batch_size < 0:
         problems.append("'max_batch_size' must be 0 or more")
     for io in [*config.input, *config.output]:
@@ -335,13 +340,13 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
     inputs, outputs = tensor_specs(model)
     max_batch, preferred = resolve_batching(options, inputs, outputs)
     classes = imagenet_classes()
-    labelled = {o.name for o in outputs if o.shape and o.shape[-1] == len(classes)}
+    labelled = labelled_outputs(outputs)
     config = build_config(name, inputs, outputs, options, max_batch, preferred, labelled)
     if options.tensorrt and file_target(model, metadata) == "tensorrt":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
         accelerator.parameters["precision_mode"] = "INT8"  # Q/DQ needs int8 on in the builder
     text = render_config(config, model_path.name)
-    labels_text = "".join(f"{c}\n" for c in classes)
+    labels_text = labels_file_text()
 
     model_dir = Path(options.repo) / name
     version_dir = model_dir / str(options.version)
@@ -395,6 +400,10 @@ def write_model_repository(model_path: Path, options: TritonOptions) -> TritonRe
         notes=notes,
         manifest_file=manifest_file,
     )
+
+
+def labels_file_text() -> str:
+    return "".join(f"{c}\n" for c in imagenet_classes())
 
 
 def kserve_manifest(name: str, repo: Path, *, gpu: bool) -> str:

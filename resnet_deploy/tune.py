@@ -46,10 +46,11 @@ from resnet_deploy.providers import (
     SessionConfig,
     create_session,
     cuda_provider_options,
+    input_dtype,
     resolve_provider,
 )
 from resnet_deploy.report import format_table
-from resnet_deploy.runners import OrtRunner, input_dtype
+from resnet_deploy.runners import OrtRunner
 
 if TYPE_CHECKING:
     from resnet_deploy.loadgen import ScenarioResult

@@ -25,6 +25,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from resnet_deploy.serve import shared_memory_segments
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # two cores shared with other work: loading can take a while
 STOP_TIMEOUT_S = 90.0
@@ -225,8 +227,8 @@ def mapped_shm(pid: int) -> set[Path]:
 
 
 def own_segments(pid: int) -> set[Path]:
-    """The Python backend's regions, which it names after the process that started Triton."""
-    return set(SHM.glob(f"pytrtion{pid}-*")) if SHM.is_dir() else set()
+    """The Python backend's regions, which serve names after the process that started Triton."""
+    return set(shared_memory_segments(pid))
 
 
 def running(pid: int) -> bool:

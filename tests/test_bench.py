@@ -19,9 +19,10 @@ from resnet_deploy.providers import (
     SessionConfig,
     create_session,
     cuda_provider_options,
+    input_dtype,
     tensorrt_provider_options,
 )
-from resnet_deploy.runners import OrtRunner, input_dtype
+from resnet_deploy.runners import OrtRunner
 
 QUICK = {"warmup_runs": 1, "iterations": 3}
 

@@ -150,7 +150,6 @@ def test_unknown_model_unreachable_server_and_bad_url_are_one_line_errors(
         (["--url", f"grpc://127.0.0.1:{closed}", "--model-name", "m"], "cannot reach the server"),
         (["--url", "ftp://127.0.0.1:21"], "use grpc://HOST:PORT or http://HOST:PORT"),
         (["--url", "http://127.0.0.1"], "the port is missing"),
-        (["--url", url(server, "http")], "name one with --model-name"),
         (["--model-name", "resnet18"], "--model-name and --concurrency need --url"),
         ([], "give MODEL.onnx to bench, or --url"),
     ]
@@ -162,3 +161,43 @@ def test_unknown_model_unreachable_server_and_bad_url_are_one_line_errors(
         assert len(error) == 1 and error[0].startswith("Error: ") and message in error[0]
     scenario = cli("bench", "--url", "grpc://127.0.0.1:1", "--scenario", "server")
     assert scenario.exit_code == 2 and "cannot reach the server" in scenario.stderr
+
+
+def test_the_one_tensor_model_is_found_without_its_name(server: ServedProcess) -> None:
+    """serve lists its models: the image companion aside, there is one to bench."""
+    found = cli("bench", "--url", url(server, "http"), "--batch-sizes", "1", *LOOP)
+    assert found.exit_code == 0, found.output
+    assert "resnet18: triton" in found.output
+
+
+class ListingClient:
+    """A KServe v2 client whose server lists ``names`` (only the call the choice makes)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def get_model_repository_index(self) -> list[dict[str, str]]:
+        return [{"name": name} for name in self.names]
+
+
+@pytest.mark.parametrize(
+    ("names", "found"),
+    [
+        (["resnet50", "resnet50_image"], "resnet50"),
+        (["resnet50"], "resnet50"),
+        (["resnet50_image"], "resnet50_image"),  # no companion: an image model alone is the one
+        (["a", "b"], None),
+        (["a", "a_image", "b"], None),
+        ([], None),
+    ],
+)
+def test_only_model_needs_exactly_one_tensor_model(names: list[str], found: str | None) -> None:
+    from resnet_deploy.endpoint import _only_model
+
+    options = EndpointOptions(url="http://127.0.0.1:1")
+    if found is not None:
+        assert _only_model(ListingClient(names), options) == found
+        return
+    with pytest.raises(Exception, match="name one with --model-name") as raised:
+        _only_model(ListingClient(names), options)
+    assert ("does not list its models" in str(raised.value)) == (not names)

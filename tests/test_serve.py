@@ -43,17 +43,18 @@ pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)
 
 from resnet_deploy.cli import main
 from resnet_deploy.errors import ProviderError
+from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.predict import PredictOptions, predict
 from resnet_deploy.providers import SessionConfig, create_session
 from resnet_deploy.serve import (
     ServeOptions,
     check_options,
-    decode_image,
     log_cause,
-    put_libpython_first,
-    restore_library_path,
+    tritonserver_environment,
+    tritonserver_files,
 )
 from resnet_deploy.triton import TritonOptions, parse_config, write_model_repository
+from resnet_deploy.triton_backend import decode_image
 
 ATOL = 1e-4  # the same ONNX Runtime on the same inputs; batching may change summation order
 CLIENT_TIMEOUT_S = 60.0
@@ -226,10 +227,32 @@ def test_served_config_is_what_triton_writes(server, model, tmp_path):
                 want.data_type,
                 list(want.dims),
             )
+    labels = [(o.name, o.label_filename) for o in served.output]
+    assert labels == [(o.name, o.label_filename) for o in repo_config.output]
+    assert ("logits", "labels.txt") in labels
     batching, repo_batching = served.dynamic_batching, repo_config.dynamic_batching
     assert list(batching.preferred_batch_size) == list(repo_batching.preferred_batch_size)
     assert batching.max_queue_delay_microseconds == repo_batching.max_queue_delay_microseconds
     assert batching.default_queue_policy.max_queue_size == ServeOptions().max_queue_size
+
+
+def test_classification_names_the_top_classes(server, reference):
+    """Triton's classification extension reads the served labels.txt, as the repository's."""
+    x = batch(2, seed=3)
+    client = httpclient.InferenceServerClient(server.http_address, network_timeout=CLIENT_TIMEOUT_S)
+    try:
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        output = httpclient.InferRequestedOutput("logits", class_count=3)
+        top = client.infer(server.name, [tensor], outputs=[output]).as_numpy("logits")
+    finally:
+        client.close()
+    names = imagenet_classes()
+    for row, logits in zip(top, reference(x), strict=True):
+        entries = [entry.decode().split(":", 2) for entry in row]
+        indices = [int(index) for _, index, _ in entries]
+        assert indices == list(np.argsort(-logits, kind="stable")[:3])
+        assert [label for _, _, label in entries] == [names[i] for i in indices]
 
 
 def test_concurrent_clients_are_batched(server, reference):
@@ -441,18 +464,17 @@ def test_decode_image_names_what_was_sent(exported):
     assert decode_image(jpeg(), metadata).shape == (3, 224, 224)
 
 
-def test_libpython_dir_goes_first_and_is_restored(monkeypatch):
+def test_libpython_dir_goes_first_only_for_tritonserver(monkeypatch):
+    import os
     import sysconfig
 
     monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
-    saved = put_libpython_first()
-    import os
-
+    files = tritonserver_files()
+    folders = tritonserver_environment(files)["LD_LIBRARY_PATH"].split(":")
     if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        libdir = sysconfig.get_config_var("LIBDIR")
-        assert os.environ["LD_LIBRARY_PATH"] == f"{libdir}:/somewhere"
-        restore_library_path(saved)
-    assert os.environ["LD_LIBRARY_PATH"] == "/somewhere"
+        assert folders[0] == sysconfig.get_config_var("LIBDIR")
+    assert str(files.libraries) in folders and folders[-1] == "/somewhere"
+    assert os.environ["LD_LIBRARY_PATH"] == "/somewhere"  # this process's own is untouched
 
 
 def test_log_cause_skips_the_noise():

@@ -47,8 +47,8 @@ from resnet_deploy.loadgen.samples import Preprocessing, SampleLibrary, read_lab
 from resnet_deploy.loadgen.sut import InProcess, Remote
 from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata
 from resnet_deploy.onnxfile import load_with_metadata
-from resnet_deploy.providers import create_session, tensorrt_build_note
-from resnet_deploy.runners import OrtRunner, input_dtype
+from resnet_deploy.providers import create_session, input_dtype, tensorrt_build_note
+from resnet_deploy.runners import OrtRunner
 from resnet_deploy.weights import sha256_of
 
 
