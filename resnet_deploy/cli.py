@@ -477,6 +477,11 @@ def parse_batch(value: str) -> int | None:
     "--batch-timeout-ms", type=Number(float, 0, 60_000), help="Server: most a sample waits [2]."
 )
 @click.option(
+    "--instances",
+    type=Number(int, 1, 1024),
+    help="Scenario: sessions sharing the queue, a worker thread each, --threads apiece [1].",
+)
+@click.option(
     "--log-dir",
     type=OUTPUT_FOLDER,
     help="Scenario: keep LoadGen's logs in DIR [default: removed].",
@@ -512,6 +517,7 @@ def bench_command(
       resnet-deploy bench resnet50.onnx --batch-sizes 1,8 --duration 10 --csv b.csv --plot b.png
       resnet-deploy bench resnet50.onnx --provider cuda --cuda-graph --batch-sizes 8 --json
       resnet-deploy bench resnet50.onnx --scenario server --target-qps 20 --log-dir logs
+      resnet-deploy bench resnet50.onnx --scenario server --find-peak --instances 2 --threads 1
       resnet-deploy bench resnet50.onnx --scenario offline --images val/ --accuracy
       resnet-deploy bench --url grpc://127.0.0.1:8001 --concurrency 8
       resnet-deploy bench resnet50.onnx --url http://127.0.0.1:8000 --scenario server
@@ -559,6 +565,7 @@ SCENARIO_KEYS = (
     "accuracy",
     "max_batch",
     "batch_timeout_ms",
+    "instances",
     "log_dir",
     "official",
     "find_peak",
