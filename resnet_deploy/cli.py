@@ -1116,10 +1116,12 @@ def profile_command(
     type=Number(float, 0, 24 * 3600, low_open=True),
     default=5.0,
     show_default=True,
-    help="LoadGen check's duration.",
+    help="Each LoadGen step's minimum duration.",
 )
 @click.option(
-    "--loadgen-min-queries", type=COUNT, help="LoadGen check's queries [default: its minimum]."
+    "--loadgen-min-queries",
+    type=COUNT,
+    help="Each LoadGen step's minimum queries [default: early stopping's, 459].",
 )
 @click.option("--triton-config", type=OUTPUT_FILE, help="Write the winner's config.pbtxt to FILE.")
 @click.option("--plot", type=OUTPUT_FILE, help="Throughput against p99 of every candidate.")
@@ -1127,7 +1129,7 @@ def profile_command(
 @json_option()
 @writes(["json_out", "triton_config", "plot"], inputs=["model", "int8"])
 def tune_command(model: Path, json_out: str | None, **options: Any) -> None:
-    """Find the configuration to deploy under a p99 bound, checked with LoadGen.
+    """Find the configuration to deploy under a p99 bound, judged by LoadGen's Server peak.
 
     \b
     Examples:
