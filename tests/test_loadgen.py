@@ -200,7 +200,7 @@ def test_find_peak_bisects_to_the_highest_valid_target(r18: Path, monkeypatch) -
     with pytest.raises(ResnetDeployError, match=r"nothing to search: below .* QPS one step"):
         run_scenario(r18, too_many)
     tried.clear()
-    no_time = replace(options, min_duration_s=5.0, peak_budget_s=4.0)  # a step takes 5 s
+    no_time = replace(too_many, peak_budget_s=3600.0)  # a budget, not 60 s, limits a step
     with pytest.raises(ResnetDeployError, match=r"nothing to search: a step at .* past the b"):
         run_scenario(r18, no_time)
     assert tried == []

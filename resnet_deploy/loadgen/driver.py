@@ -531,8 +531,8 @@ def _find_peak(
     cannot beat that); the highest VALID step is the result, every step is listed.
 
     A step must run LoadGen's minimum query count, so a low target means a long step: the
-    search stops above the QPS at which one step would take more than MAX_PEAK_STEP_S, and
-    before a step that would end over ``peak_budget_s`` after ``started``.
+    search stops above the QPS at which one step would take more than MAX_PEAK_STEP_S or,
+    given ``peak_budget_s``, before a step that would end past it (counted from ``started``).
     """
     bound_ms = _latency_bound_ms(options)
     if prepared.single_latency_ms > bound_ms:
@@ -542,8 +542,9 @@ def _find_peak(
             "(raise --latency-bound-ms, or use a faster provider)"
         )
     probe = _test_settings(prepared.lg, prepared, options, prepared.throughput_per_s)
+    budget = options.peak_budget_s
     longest_s = max(MAX_PEAK_STEP_S, probe.min_duration_ms / 1e3)
-    floor = probe.min_query_count / longest_s
+    floor = probe.min_query_count / longest_s if budget is None else 0.0  # else: the budget's
     low, high = 0.0, prepared.throughput_per_s
     steps: list[PeakStep] = []
     best = last = None
@@ -556,7 +557,7 @@ def _find_peak(
                 f"(LoadGen's {probe.min_query_count} queries; --min-queries sets fewer)"
             )
             break
-        step_s, budget = _server_step_s(probe, qps), options.peak_budget_s
+        step_s = _server_step_s(probe, qps)
         if budget is not None and time.perf_counter() - started + step_s > budget:
             stopped = f"a step at {qps:g} QPS (about {step_s:.0f} s) would end past the budget"
             break

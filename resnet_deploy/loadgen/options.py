@@ -73,7 +73,7 @@ class ScenarioOptions:
     official: bool = False  # MLPerf's ResNet50 settings: 600 s, official query counts and bounds
     find_peak: bool = False  # Server: bisect the target QPS for the highest VALID one
     peak_steps: int = DEFAULT_PEAK_STEPS
-    peak_budget_s: float | None = None  # find_peak: no step ending later (s from the start)
+    peak_budget_s: float | None = None  # find_peak: no step ends past it; None: 60 s a step
     force: bool = False  # overwrite LoadGen logs already in log_dir
 
 
