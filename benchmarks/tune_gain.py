@@ -36,14 +36,18 @@ def log(step: str) -> None:
 def line(name: str, report: TuneReport) -> str:
     w, d = report.winner, report.default
     if w is None:
-        return f"| {name} | - | - | - | - | no candidate met the bound |"
+        return f"| {name} | - | - | - | - | - | no candidate met the bound |"
     gain = "-" if report.gain_vs_default is None else f"{report.gain_vs_default:.2f}x"
     default = f"{d.label()}: {d.images_per_s:.1f}" if d else "none met the bound"
-    verdict = {True: "VALID", False: "INVALID", None: "-"}[report.valid]
+    peaks = " / ".join(
+        "none VALID" if qps is None else f"{qps:g}"
+        for qps in (report.server_qps, report.default_server_qps)
+    )
+    verdict = {True: "VALID", False: "INVALID", None: "not checked"}[report.valid]
     busy = " (busy machine)" if report.contention.unreliable else ""
     return (
         f"| {name} | {default} | {w.label()}: {w.images_per_s:.1f}, p99 {w.p99_ms:.1f} ms | "
-        f"{gain}{busy} | {verdict} at {report.loadgen_target_qps:g}/s | `{report.serve_flags}` |"
+        f"{gain}{busy} | {peaks} | {report.deployed}, {verdict} | `{report.serve_flags}` |"
     )
 
 
@@ -75,12 +79,15 @@ def main() -> None:
     lines = [
         f"# `tune` on {args.arch} (random weights), p99 bound {args.slo_p99_ms:g} ms, {when}",
         "",
-        "| search | bench default (images/s) | winner (images/s) | gain | LoadGen Server | run |",
-        "|---|---|---|---:|---|---|",
+        "| search | bench default (images/s) | winner (images/s) | gain | LoadGen Server peak QPS "
+        "(winner / default) | written out | run |",
+        "|---|---|---|---:|---|---|---|",
         *(line(name, report) for name, report in runs.items()),
         "",
         f"- {env.cpu_model}, {env.physical_cores} physical cores; budget {args.budget_s:g} s "
-        f"per search, LoadGen check {args.loadgen_s:g} s",
+        f"per search (LoadGen included), each LoadGen step at least {args.loadgen_s:g} s",
+        "- LoadGen Server peak QPS: the highest VALID target QPS at the bound that `--find-peak`'s "
+        "bisection found, for the winner and for the default, each run with its own instances",
         "- gain: the winner's images/s over bench's default configuration's (one session, a "
         "thread per core, spinning on, the best of batches 1, 8, 32 under the bound) measured in "
         "the same search",

@@ -11,6 +11,7 @@ session is closed, so spinning ONNX Runtime threads never steal the cores it nee
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet_deploy.contention import BUSY_SHARE, CpuMonitor
+from resnet_deploy.contention import BUSY_SHARE, Contention, CpuMonitor
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output
@@ -504,6 +505,50 @@ def time_runs(
         infer(feed)
         times.append(time.perf_counter() - begin)
     return times, time.perf_counter() - start
+
+
+def time_parallel(
+    runners: list[OrtRunner], array: np.ndarray, *, seconds: float, warmup_s: float = 0.0
+) -> tuple[list[float], float, Contention]:
+    """Each runner in its own thread, as a server runs its instances: one run and ``warmup_s``
+    of warm-up apiece, then all of them at once for ``seconds``. Every timed run's seconds, the
+    wall time, and other processes' CPU use meanwhile; the first error any thread hit raises."""
+    start = threading.Barrier(len(runners) + 1)
+    times: list[list[float]] = [[] for _ in runners]
+    errors: list[BaseException] = []
+
+    def serve(index: int) -> None:
+        runner = runners[index]
+        try:
+            feed = runner.place(array)
+            until = time.perf_counter() + warmup_s
+            runner.infer(feed)
+            while time.perf_counter() < until:
+                runner.infer(feed)
+        except BaseException as exc:  # raised once every thread has stopped
+            errors.append(exc)
+        start.wait()
+        end = time.perf_counter() + seconds
+        try:
+            while not errors and time.perf_counter() < end:
+                begin = time.perf_counter()
+                runner.infer(feed)
+                times[index].append(time.perf_counter() - begin)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(len(runners))]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    with CpuMonitor() as monitor:
+        began = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        wall = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    return [t for per in times for t in per], wall, monitor.result
 
 
 def summarize(times_s: list[float], wall_s: float, batch: int) -> dict[str, float]:

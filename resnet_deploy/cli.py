@@ -480,6 +480,11 @@ def parse_batch(value: str) -> int | None:
     "--batch-timeout-ms", type=Number(float, 0, 60_000), help="Server: most a sample waits [2]."
 )
 @click.option(
+    "--instances",
+    type=Number(int, 1, 1024),
+    help="Scenario: sessions sharing the queue, a worker thread each, --threads apiece [1].",
+)
+@click.option(
     "--log-dir",
     type=OUTPUT_FOLDER,
     help="Scenario: keep LoadGen's logs in DIR [default: removed].",
@@ -515,6 +520,7 @@ def bench_command(
       resnet-deploy bench resnet50.onnx --batch-sizes 1,8 --duration 10 --csv b.csv --plot b.png
       resnet-deploy bench resnet50.onnx --provider cuda --cuda-graph --batch-sizes 8 --json
       resnet-deploy bench resnet50.onnx --scenario server --target-qps 20 --log-dir logs
+      resnet-deploy bench resnet50.onnx --scenario server --find-peak --instances 2 --threads 1
       resnet-deploy bench resnet50.onnx --scenario offline --images val/ --accuracy
       resnet-deploy bench --url grpc://127.0.0.1:8001 --concurrency 8
       resnet-deploy bench resnet50.onnx --url http://127.0.0.1:8000 --scenario server
@@ -562,6 +568,7 @@ SCENARIO_KEYS = (
     "accuracy",
     "max_batch",
     "batch_timeout_ms",
+    "instances",
     "log_dir",
     "official",
     "find_peak",
@@ -1113,10 +1120,12 @@ def profile_command(
     type=Number(float, 0, 24 * 3600, low_open=True),
     default=5.0,
     show_default=True,
-    help="LoadGen check's duration.",
+    help="Each LoadGen step's minimum duration.",
 )
 @click.option(
-    "--loadgen-min-queries", type=COUNT, help="LoadGen check's queries [default: its minimum]."
+    "--loadgen-min-queries",
+    type=COUNT,
+    help="Each LoadGen step's minimum queries [default: early stopping's, 459].",
 )
 @click.option("--triton-config", type=OUTPUT_FILE, help="Write the winner's config.pbtxt to FILE.")
 @click.option("--plot", type=OUTPUT_FILE, help="Throughput against p99 of every candidate.")
@@ -1124,7 +1133,7 @@ def profile_command(
 @json_option()
 @writes(["json_out", "triton_config", "plot"], inputs=["model", "int8"])
 def tune_command(model: Path, json_out: str | None, **options: Any) -> None:
-    """Find the configuration to deploy under a p99 bound, checked with LoadGen.
+    """Find the configuration to deploy under a p99 bound, judged by LoadGen's Server peak.
 
     \b
     Examples:

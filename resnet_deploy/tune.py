@@ -4,8 +4,8 @@ Triton's Model Analyzer searches instance counts and batch sizes but needs a run
 perf_analyzer; Olive tunes ONNX Runtime session settings. Neither guards accuracy or judges the
 result with LoadGen. Here the precisions searched are files that already passed ``optimize``'s
 accuracy guard, every candidate is timed in this process (parallel sessions in threads, as a
-server runs its instances), and the winner is checked with LoadGen's Server scenario at the
-bound before it is written out as ``serve`` flags and a Triton config.
+server runs its instances), and the winner and the default are judged by LoadGen's Server
+scenario at the bound before one of them is written out as ``serve`` flags and a Triton config.
 
 The search prunes instead of trying every combination (minutes, not hours, on a small CPU):
 
@@ -18,14 +18,28 @@ The search prunes instead of trying every combination (minutes, not hours, on a 
    off; on CUDA, instances with and without CUDA graphs instead. The two best go on.
 4. batch: doubling the batch of each while p99 stays under the bound and throughput grows by
    at least MIN_GAIN (throughput objective only; batching only adds latency).
+5. LoadGen: the winner of 1-4, then the default, run LoadGen's Server scenario at the bound
+   as they would be served: each instance a session with its own worker thread, all taking
+   batches from one queue (as Triton's instances share its dynamic batcher), with the same
+   threads, spinning, batch and queue delay. A candidate's p99 is per batch in a closed loop,
+   a lower bound on what a server sees; under Poisson arrivals samples queue, and more, slower
+   instances queue more. Whether one load is VALID is not the question a deployment asks, but
+   how much load stays VALID: ``bench --find-peak``'s bisection finds each one's highest VALID
+   target QPS, in at most PEAK_STEPS LoadGen runs of ``loadgen_s`` and LoadGen's query minimum.
 
-A candidate's p99 is its per-batch latency in a closed loop, a lower bound on what a server
-adds (queueing); LoadGen's Server check measures the real one.
+What is written out is the one of the two with the higher VALID target QPS: the user deploys
+under a p99 bound with random arrivals, which LoadGen judges and a closed loop does not. That is
+the winner unless the default's is higher, or only the default had a VALID step (the report
+then says so); ``valid`` is LoadGen's verdict on it, ``gain_vs_default`` stays the closed-loop
+ratio of images/s and ``server_gain_vs_default`` is LoadGen's ratio of target QPS.
+
+Half the budget (LOADGEN_SHARE) is kept for stage 5, which also gets what the search left
+unspent: the winner's peak search has half of it, the default's the rest, and no LoadGen run
+starts that would end past its share.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,8 +48,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from resnet_deploy.bench import CUDA, DEFAULT_BATCH_SIZES, BenchOptions, summarize
-from resnet_deploy.contention import Contention, CpuMonitor
+from resnet_deploy.bench import (
+    CUDA,
+    DEFAULT_BATCH_SIZES,
+    BenchOptions,
+    summarize,
+    time_parallel,
+)
+from resnet_deploy.contention import Contention
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output, write_text_atomic
@@ -60,7 +80,8 @@ DEFAULT_SLO_P99_MS = 15.0  # MLPerf's Server bound for ResNet50, as bench --scen
 DEFAULT_BUDGET_S = 180.0
 MIN_GAIN = 0.03  # a larger batch must add this much throughput to be worth its latency
 PRUNE_MARGIN = 0.10  # a precision this close to the best at batch 1 is searched further too
-SERVER_LOAD = 0.8  # LoadGen's Server check runs at this share of the winner's throughput
+LOADGEN_SHARE = 0.5  # of the budget, kept for the LoadGen peak searches (they get any rest too)
+PEAK_STEPS = 4  # LoadGen Server runs in each peak search, at most
 MAX_QUEUE_DELAY_MS = 2.0  # the batcher's wait, as bench --scenario server's default
 LOADGEN_S = 5.0
 SEARCH_CANDIDATES = 14  # about how many candidates a search measures, to size each one
@@ -71,11 +92,11 @@ class TuneOptions:
     int8: Path | None = None  # a second file (any precision ``optimize`` wrote) to search
     slo_p99_ms: float = DEFAULT_SLO_P99_MS
     objective: str = "throughput"  # or "latency": lowest p99 under the bound
-    budget_s: float = DEFAULT_BUDGET_S  # the search, the LoadGen check included
+    budget_s: float = DEFAULT_BUDGET_S  # the search, the LoadGen peak searches included
     provider: str = "cpu"
     max_batch: int = 32
-    loadgen_s: float = LOADGEN_S  # LoadGen check's minimum duration
-    loadgen_min_queries: int | None = None  # None: LoadGen's early-stopping minimum
+    loadgen_s: float = LOADGEN_S  # each LoadGen step's minimum duration
+    loadgen_min_queries: int | None = None  # each step's; None: LoadGen's early-stopping minimum
     triton_config: Path | None = None  # write the winner's config.pbtxt here
     plot: Path | None = None
     force: bool = False
@@ -129,9 +150,15 @@ class TuneReport:
     # ... over the default layout (1 session, all cores, spinning) on the winner's own file, at
     # the batches measured for it (bench's 1, 8, 32 for the first file; 1 for the others)
     gain_vs_default_same_precision: float | None
-    valid: bool | None  # LoadGen Server's verdict on the winner; None: not checked
-    loadgen: ScenarioResult | None  # that check, as bench --scenario server reports it
-    loadgen_target_qps: float | None
+    # LoadGen Server at the bound, each configuration's highest VALID target QPS (None: no step
+    # was VALID, or none ran), found as bench --scenario server --find-peak --instances N does
+    server_qps: float | None  # the winner's
+    default_server_qps: float | None  # the default's
+    server_gain_vs_default: float | None
+    loadgen: ScenarioResult | None  # the winner's peak search, every step listed
+    default_loadgen: ScenarioResult | None  # the default's (the winner's, if it is the default)
+    deployed: str | None  # "winner" or "default": whose serve flags and Triton config these are
+    valid: bool | None  # LoadGen's verdict on the one deployed: a VALID step; None: not checked
     serve_flags: str
     triton_config: str
     triton_config_file: Path | None
@@ -177,8 +204,9 @@ def tune(
             files.setdefault(meta.precision, Path(path))
     _, metadata = load_with_metadata(model)
     cores = physical_cores()
-    candidate_s = max(0.5, (options.budget_s - options.loadgen_s * 2) / SEARCH_CANDIDATES / 1.5)
-    search = _Search(provider, metadata, options, candidate_s, started, progress)
+    search_s = options.budget_s * (1 - LOADGEN_SHARE)
+    candidate_s = max(0.5, search_s / SEARCH_CANDIDATES / 1.5)
+    search = _Search(provider, metadata, options, candidate_s, started + search_s, progress)
     base = metadata.precision
     on_gpu = provider == CUDA  # bench's default there: IO binding on
 
@@ -205,9 +233,13 @@ def tune(
         winner=winner,
         gain_vs_default=_gain(winner, default),
         gain_vs_default_same_precision=None,
-        valid=None,
+        server_qps=None,
+        default_server_qps=None,
+        server_gain_vs_default=None,
         loadgen=None,
-        loadgen_target_qps=None,
+        default_loadgen=None,
+        deployed=None,
+        valid=None,
         serve_flags="",
         triton_config="",
         triton_config_file=None,
@@ -226,10 +258,11 @@ def tune(
             and c.batch_size in DEFAULT_BATCH_SIZES
         ]
         report.gain_vs_default_same_precision = _gain(winner, search.best(same, "throughput"))
-        delay_ms = queue_delay_ms(winner, options.slo_p99_ms)
-        report.serve_flags = serve_flags(winner, delay_ms)
-        report.triton_config = triton_config(winner, delay_ms, provider)
-        _loadgen_check(report, winner, delay_ms, options, progress)
+        _loadgen_stage(report, options, started + options.budget_s, progress)
+        chosen = default if report.deployed == "default" else winner
+        delay_ms = queue_delay_ms(chosen, options.slo_p99_ms)
+        report.serve_flags = serve_flags(chosen, delay_ms)
+        report.triton_config = triton_config(chosen, delay_ms, provider)
         if options.triton_config is not None:
             write_text_atomic(options.triton_config, report.triton_config, replace=options.force)
             report.triton_config_file = options.triton_config
@@ -250,14 +283,14 @@ class _Search:
         metadata: ModelMetadata,
         options: TuneOptions,
         candidate_s: float,
-        started: float,
+        deadline: float,
         progress: Callable[[str], None],
     ) -> None:
         self.provider = provider
         self.metadata = metadata
         self.options = options
         self.candidate_s = candidate_s
-        self.deadline = started + options.budget_s - options.loadgen_s * 2
+        self.deadline = deadline
         self.progress = progress
         self.candidates: list[Candidate] = []
         self.pruned: list[str] = []
@@ -436,68 +469,40 @@ def time_candidate(
     size = metadata.image_size
     dtype = input_dtype(runners[0].session)
     array = np.random.default_rng(0).standard_normal((candidate.batch_size, 3, size, size))
-    array = array.astype(dtype)
-    start = threading.Barrier(candidate.instances + 1)
-    times: list[list[float]] = [[] for _ in runners]
-    errors: list[BaseException] = []
-
-    def serve(index: int) -> None:
-        runner = runners[index]
-        try:
-            feed = runner.place(array)
-            until = time.perf_counter() + warmup_s
-            while time.perf_counter() < until:
-                runner.infer(feed)
-        except BaseException as exc:  # reported once every thread has stopped
-            errors.append(exc)
-        start.wait()
-        end = time.perf_counter() + seconds
-        while not errors and time.perf_counter() < end:
-            begin = time.perf_counter()
-            runner.infer(feed)
-            times[index].append(time.perf_counter() - begin)
-
-    workers = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(len(runners))]
-    for worker in workers:
-        worker.start()
-    start.wait()
-    with CpuMonitor() as monitor:
-        began = time.perf_counter()
-        for worker in workers:
-            worker.join()
-        wall = time.perf_counter() - began
-    for runner in runners:
-        runner.__exit__()
-    if errors:
-        raise errors[0]
-    every = [t for per in times for t in per]
+    try:
+        every, wall, contention = time_parallel(
+            runners, array.astype(dtype), seconds=seconds, warmup_s=warmup_s
+        )
+    finally:
+        for runner in runners:
+            runner.__exit__()
     stats = summarize(every, wall, candidate.batch_size)
     candidate.runs = stats["runs"]
     candidate.images_per_s = stats["images_per_s"]
     candidate.p50_ms = stats["p50_ms"]
     candidate.p99_ms = stats["p99_ms"]
-    candidate.other_cores = monitor.result.other_cores
-    return monitor.result
+    candidate.other_cores = contention.other_cores
+    return contention
 
 
-def queue_delay_ms(winner: Candidate, slo_p99_ms: float) -> float:
+def queue_delay_ms(candidate: Candidate, slo_p99_ms: float) -> float:
     """How long a batcher may wait for a batch to fill: nothing for batch 1, else at most
     MAX_QUEUE_DELAY_MS and half the room the bound leaves above the batch's own p99."""
-    if winner.batch_size == 1:
+    if candidate.batch_size == 1:
         return 0.0
-    return max(0.0, min(MAX_QUEUE_DELAY_MS, (slo_p99_ms - winner.p99_ms) / 2))
+    return max(0.0, min(MAX_QUEUE_DELAY_MS, (slo_p99_ms - candidate.p99_ms) / 2))
 
 
-def serve_flags(winner: Candidate, delay_ms: float) -> str:
+def serve_flags(candidate: Candidate, delay_ms: float) -> str:
     return (
-        f"resnet-deploy serve {winner.model} --max-batch-size {winner.batch_size} "
-        f"--max-queue-delay-us {round(delay_ms * 1e3)} --instances {winner.instances} "
-        f"--threads {winner.threads}"
+        f"resnet-deploy serve {candidate.model} --max-batch-size {candidate.batch_size} "
+        f"--max-queue-delay-us {round(delay_ms * 1e3)} --instances {candidate.instances} "
+        f"--threads {candidate.threads}"
     )
 
 
 def triton_config(winner: Candidate, delay_ms: float, provider: str) -> str:
-    """The winner as a Triton config.pbtxt, built and checked by resnet_deploy.triton."""
+    """A configuration as a Triton config.pbtxt, built and checked by resnet_deploy.triton."""
     from resnet_deploy.onnxfile import load_onnx
     from resnet_deploy.triton import (
         TritonOptions,
@@ -526,45 +531,89 @@ def triton_config(winner: Candidate, delay_ms: float, provider: str) -> str:
     return render_config(config, "config.pbtxt")
 
 
-def _loadgen_check(
+def _loadgen_stage(
+    report: TuneReport, options: TuneOptions, end: float, progress: Callable[[str], None]
+) -> None:
+    """5. LoadGen Server's peak search at the bound on the winner, then on the default, each in
+    half the time left; the one with the higher VALID target QPS is deployed (the winner on a
+    tie or when neither had a VALID step)."""
+    winner, default = report.winner, report.default
+    checks = {"winner": winner}
+    if default is not None and not _same(default, winner):
+        checks["default"] = default
+    found: dict[str, ScenarioResult | None] = {}
+    for left, (name, candidate) in zip(range(len(checks), 0, -1), checks.items(), strict=True):
+        budget_s = (end - time.perf_counter()) / left
+        found[name] = _peak_search(report, name, candidate, budget_s, options, progress)
+    report.loadgen = found["winner"]
+    report.default_loadgen = found.get("default", report.loadgen if default is not None else None)
+    qps = report.server_qps = _peak_qps(report.loadgen)
+    default_qps = report.default_server_qps = _peak_qps(report.default_loadgen)
+    report.server_gain_vs_default = qps / default_qps if qps and default_qps else None
+    report.deployed = "winner"
+    if default_qps and default_qps > (qps or 0):
+        report.deployed = "default"
+        against = f"{qps:g}" if qps else "no VALID step"
+        report.notes.append(
+            f"LoadGen Server at the bound: the default served more queries/s than the winner "
+            f"({default_qps:g} against {against}), so the default is what is written out"
+        )
+    deployed = report.loadgen if report.deployed == "winner" else report.default_loadgen
+    report.valid = None if deployed is None else deployed.valid
+
+
+def _peak_search(
     report: TuneReport,
-    winner: Candidate,
-    delay_ms: float,
+    name: str,
+    candidate: Candidate,
+    budget_s: float,
     options: TuneOptions,
     progress: Callable[[str], None],
-) -> None:
-    """LoadGen's Server scenario at the bound, on the winner (one instance of it)."""
+) -> ScenarioResult | None:
+    """``candidate``'s LoadGen Server peak search at the bound, its instances each with their
+    own session as in the search; None, with a note, where no step could run."""
     from resnet_deploy.loadgen import ScenarioOptions, run_scenario
 
-    target = float(f"{SERVER_LOAD * winner.images_per_s / winner.instances:.3g}")
-    report.loadgen_target_qps = target
-    if winner.cuda_graph:
-        report.notes.append("LoadGen checked it without a CUDA graph: its batches vary in size")
-    if winner.instances > 1:
-        report.notes.append(
-            f"LoadGen checked one of the {winner.instances} instances at its share of the load "
-            f"({target:g} queries/s): the LoadGen SUT serves one session"
-        )
+    if budget_s <= 0:
+        report.notes.append(f"LoadGen did not check the {name}: the budget was spent")
+        return None
+    if candidate.cuda_graph:
+        report.notes.append(f"LoadGen ran the {name} without a CUDA graph: batches vary in size")
     scenario = ScenarioOptions(
         scenario="server",
         engine=BenchOptions(
             provider=report.provider,
-            threads=winner.threads,
-            spin=winner.spin,
-            io_binding=winner.io_binding or report.provider != CUDA,
+            threads=candidate.threads,
+            spin=candidate.spin,
+            io_binding=candidate.io_binding,
             baseline="none",
         ),
-        target_qps=target,
+        instances=candidate.instances,
         latency_bound_ms=options.slo_p99_ms,
         min_duration_s=options.loadgen_s,
         min_queries=options.loadgen_min_queries,
-        max_batch=winner.batch_size,
-        batch_timeout_ms=delay_ms,
+        max_batch=candidate.batch_size,
+        batch_timeout_ms=queue_delay_ms(candidate, options.slo_p99_ms),
+        find_peak=True,
+        peak_steps=PEAK_STEPS,
+        peak_budget_s=budget_s,
     )
-    progress(f"checking the winner with LoadGen Server at {target:g} queries/s")
-    result = run_scenario(winner.model, scenario, progress=progress)
-    report.loadgen = result
-    report.valid = result.valid
+    progress(
+        f"LoadGen Server peak search on the {name}, {candidate.label()}: "
+        f"up to {PEAK_STEPS} steps in {budget_s:.0f} s"
+    )
+    try:
+        return run_scenario(candidate.model, scenario, progress=progress)
+    except InputError:
+        raise
+    except ResnetDeployError as exc:  # no step could run (budget, bound): a result, not a crash
+        report.notes.append(f"LoadGen did not check the {name}: {exc}")
+        return None
+
+
+def _peak_qps(result: ScenarioResult | None) -> float | None:
+    """The highest VALID target QPS of a peak search; None when no step was VALID."""
+    return result.target_qps if result is not None and result.valid else None
 
 
 def format_report(report: TuneReport) -> str:
@@ -594,20 +643,49 @@ def format_report(report: TuneReport) -> str:
         if report.gain_vs_default is not None:
             star = " (UNRELIABLE: machine busy)" if report.contention.unreliable else ""
             gain = report.gain_vs_default
-            lines.append(f"gain over the default at the same bound: {gain:.2f}x{star}")
-        if report.valid is not None:
-            lines.append(
-                f"LoadGen Server at {report.loadgen_target_qps:g} queries/s, p99 bound "
-                f"{report.slo_p99_ms:g} ms: {'VALID' if report.valid else 'INVALID'}"
-                + ("" if report.valid else f" ({'; '.join(report.loadgen.invalid_reasons[:2])})")
-            )
-        lines += ["", "run it:", f"  {report.serve_flags}"]
+            lines.append(f"gain over the default at the same bound, closed loop: {gain:.2f}x{star}")
+        lines += _loadgen_lines(report)
+        lines += ["", f"run it (the {report.deployed}):", f"  {report.serve_flags}"]
         if report.triton_config_file is not None:
             lines.append(f"  Triton config: {report.triton_config_file}")
     lines.append(report.contention.describe())
     if report.notes:
         lines += ["", *report.notes]
     return "\n".join(lines)
+
+
+def _loadgen_lines(report: TuneReport) -> list[str]:
+    """Each peak search's highest VALID target QPS and its steps, and the verdict deployed."""
+    same = report.default is not None and _same(report.default, report.winner)
+    checked = {"winner, the default" if same else "winner": report.loadgen}
+    if report.default is not None and not same:
+        checked["default"] = report.default_loadgen
+    rows, stops = [], []
+    for name, result in checked.items():
+        if result is None:
+            rows.append([name, "-", "-", "not checked (see below)"])
+            continue
+        steps = ", ".join(
+            f"{s.target_qps:g} {'VALID' if s.valid else 'INVALID'}" for s in result.peak_search
+        )
+        best = _peak_qps(result)
+        rows.append([name, "-" if best is None else best, result.p99_ms if best else "-", steps])
+        if result.peak_stopped:
+            stops.append(f"  {name}'s search stopped early: {result.peak_stopped}")
+    lines = [
+        "",
+        f"LoadGen Server at the p99 bound of {report.slo_p99_ms:g} ms, highest VALID target QPS:",
+        format_table(["", "queries/s", "p99 ms", "steps (target QPS)"], rows),
+        *stops,
+    ]
+    if report.server_gain_vs_default is not None:
+        gain = report.server_gain_vs_default
+        lines.append(f"gain over the default under LoadGen: {gain:.2f}x")
+    if report.valid is not None:
+        deployed = report.loadgen if report.deployed == "winner" else report.default_loadgen
+        verdict = "VALID" if report.valid else "INVALID: " + "; ".join(deployed.invalid_reasons[:2])
+        lines.append(f"LoadGen's verdict on the {report.deployed}: {verdict}")
+    return lines
 
 
 def write_plot(report: TuneReport, path: Path, *, replace: bool = False) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,9 +21,17 @@ from PIL import Image
 import resnet_deploy.loadgen.driver as loadgen_module
 from resnet_deploy.bench import BenchOptions
 from resnet_deploy.cli import main
+from resnet_deploy.endpoint import EndpointOptions
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.images import load_batch
-from resnet_deploy.loadgen import ScenarioOptions, check_scenario_options, run_scenario
+from resnet_deploy.loadgen import (
+    ScenarioOptions,
+    check_scenario_options,
+    format_result,
+    run_scenario,
+)
+from resnet_deploy.loadgen.samples import Preprocessing, SampleLibrary
+from resnet_deploy.loadgen.sut import BatchingSut
 from resnet_deploy.mlperf_logs import parse_summary
 from resnet_deploy.providers import SessionConfig, create_session
 from resnet_deploy.runners import OrtRunner
@@ -35,6 +44,12 @@ SHORT = {"min_duration_s": 1.0, "min_queries": 4}
 @pytest.fixture(scope="module")
 def r18(exported) -> Path:
     return exported("resnet18").output
+
+
+@pytest.fixture(scope="module")
+def small(exported) -> Path:
+    """ResNet18 on 32x32 inputs: milliseconds a sample, so hundreds of queries take seconds."""
+    return exported("resnet18", image_size=32).output
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +166,7 @@ def test_an_inference_error_ends_the_run_instead_of_hanging(r18: Path, monkeypat
     real = OrtRunner.infer
 
     def fails_under_loadgen(self, feed):
-        if threading.current_thread().name == "sut-worker":  # not in warm-up or calibration
+        if threading.current_thread().name.startswith("sut-worker"):  # not in calibration
             raise RuntimeError("CUDA out of memory")
         return real(self, feed)
 
@@ -184,6 +199,96 @@ def test_find_peak_bisects_to_the_highest_valid_target(r18: Path, monkeypatch) -
     too_many = replace(options, min_queries=10**6)  # every step would take hours
     with pytest.raises(ResnetDeployError, match=r"nothing to search: below .* QPS one step"):
         run_scenario(r18, too_many)
+    tried.clear()
+    no_time = replace(too_many, peak_budget_s=3600.0)  # a budget, not 60 s, limits a step
+    with pytest.raises(ResnetDeployError, match=r"nothing to search: a step at .* past the b"):
+        run_scenario(r18, no_time)
+    assert tried == []
+
+
+class RecordingLoadGen:
+    """LoadGen's two calls a SUT makes, keeping every sample id answered."""
+
+    def __init__(self) -> None:
+        self.answered: list[int] = []
+        self.lock = threading.Lock()
+
+    def QuerySampleResponse(self, sample_id: int, pointer: int, size: int) -> int:
+        return sample_id
+
+    def QuerySamplesComplete(self, responses: list[int]) -> None:
+        with self.lock:
+            self.answered += responses
+
+
+class SlowRunner:
+    """An OrtRunner's place and infer: 10 ms a batch, each batch's size and span recorded."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, float, float]] = []
+
+    def place(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def infer(self, array: np.ndarray) -> list[np.ndarray]:
+        begin = time.monotonic()
+        time.sleep(0.01)
+        self.batches.append((len(array), begin, time.monotonic()))
+        return [np.zeros((len(array), 10), np.float32)]
+
+
+def test_instances_take_batches_from_one_queue_at_once() -> None:
+    """Two runners behind one queue: both serve, at the same time, every sample exactly once."""
+    library = SampleLibrary(Preprocessing(4, (0, 0, 0), (1, 1, 1)), np.dtype("float32"), None, 8)
+    library.load(list(range(8)))
+    lg, runners = RecordingLoadGen(), [SlowRunner(), SlowRunner()]
+    sut = BatchingSut(lg, library, runners, max_batch=4, timeout_s=0.002, pad_to=None)
+    samples = [SimpleNamespace(id=1000 + i, index=i % 8) for i in range(60)]
+    with sut.serving():
+        for start in range(0, 60, 3):  # faster than one runner serves: a backlog forms
+            sut.issue_queries(samples[start : start + 3])
+            time.sleep(0.002)
+    assert sorted(lg.answered) == [s.id for s in samples]
+    ran = [batch for runner in runners for batch in runner.batches]
+    assert all(runner.batches for runner in runners)
+    assert sum(size for size, _, _ in ran) == sut.samples == 60
+    assert len(ran) == sut.batches and max(size for size, _, _ in ran) <= 4
+    first, second = runners
+    assert any(a < d and c < b for _, a, b in first.batches for _, c, d in second.batches)
+
+
+def test_server_runs_each_instance_on_its_own_session(small: Path, monkeypatch) -> None:
+    """LoadGen's queries, served by two sessions in two worker threads; what ran adds up."""
+    real, ran = OrtRunner.infer, []
+
+    def recording(self, feed):
+        begin = time.monotonic()
+        out = real(self, feed)
+        worker = threading.current_thread().name
+        if worker.startswith("sut-worker"):  # not calibration
+            ran.append((id(self), worker, len(next(iter(feed.values()))), begin, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(OrtRunner, "infer", recording)
+    engine = BenchOptions(threads=1, baseline="none")
+    options = ScenarioOptions(
+        scenario="server",
+        engine=engine,
+        instances=2,
+        max_batch=1,
+        target_qps=400,
+        latency_bound_ms=5000.0,
+        **SHORT,
+    )
+    result = run_scenario(small, options)
+    assert result.instances == 2 and result.threads == 1
+    assert "2 instances x 1 threads" in format_result(result)
+    sessions = {session: worker for session, worker, *_ in ran}
+    assert len(sessions) == 2 and len(set(sessions.values())) == 2  # a worker per session
+    assert sum(size for _, _, size, _, _ in ran) == result.queries  # one sample per query
+    spans = {s: [(b, e) for session, _, _, b, e in ran if session == s] for s in sessions}
+    first, second = spans.values()
+    assert any(a < d and c < b for a, b in first for c, d in second)  # at the same time
 
 
 def test_summary_parsing_keeps_checks_bullets_and_wrapped_lines() -> None:
@@ -214,6 +319,11 @@ def test_summary_parsing_keeps_checks_bullets_and_wrapped_lines() -> None:
         (ScenarioOptions(official=True, min_duration_s=5), "--official sets MLPerf's duration"),
         (ScenarioOptions(engine=BenchOptions(batch_sizes=(1,))), "belong to the latency loop"),
         (ScenarioOptions(batch_timeout_ms=-1), "cannot be negative"),
+        (ScenarioOptions(instances=0), "--instances must be greater than 0"),
+        (
+            ScenarioOptions(instances=2, endpoint=EndpointOptions("grpc://127.0.0.1:8001")),
+            "--instances is the in-process SUT's",
+        ),
     ],
 )
 def test_bad_options_are_refused_before_any_work(options: ScenarioOptions, message: str) -> None:
@@ -248,11 +358,23 @@ def test_cli_json_record_and_one_line_errors(r18: Path) -> None:
         failed = cli("bench", r18, *bad)
         assert failed.exit_code == 2, failed.output
         assert failed.output.startswith(message) and failed.output.count("\n") == 1
+    failed = cli("bench", r18, "--instances", 2)
+    assert failed.exit_code == 2 and failed.output.startswith("Error: --instances needs --scen")
     failed = cli("bench", r18, "--scenario", "server", "--target-qps", "-3")  # at parse time
     assert failed.exit_code == 2
     assert failed.output.endswith(
         "Error: Invalid value for '--target-qps': must be above 0, got -3\n"
     )
+
+
+def test_cli_server_with_two_instances(small: Path) -> None:
+    args = ["bench", small, "--scenario", "server", "--instances", 2, "--threads", 1]
+    args += ["--target-qps", 50, "--latency-bound-ms", 5000, "--min-duration", 1]
+    result = cli(*args, "--min-queries", 4, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["scenario"] == "Server" and record["target_qps"] == 50
+    assert (record["instances"], record["threads"]) == (2, 1) and record["queries"] >= 4
 
 
 SERVER_SUMMARY = """\

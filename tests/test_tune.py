@@ -1,21 +1,25 @@
-"""tune: a pruned search under a p99 bound, its winner checked by LoadGen and written out.
+"""tune: a pruned search under a p99 bound, judged by LoadGen's Server peak search, written out.
 
-ResNet18 and a tiny budget; the bound is generous so that a busy test machine still has
-candidates under it (speed itself belongs in benchmarks/).
+ResNet18 on 32x32 inputs (milliseconds a sample, so LoadGen's 459 queries take seconds) and a
+small budget; the bound is generous so that a busy test machine still has candidates under it
+and LoadGen steps that run are VALID (speed itself belongs in benchmarks/).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
+import resnet_deploy.tune as tune_module
 from resnet_deploy.cli import main
 from resnet_deploy.optimize import OptimizeOptions, optimize_model
 from resnet_deploy.triton import parse_config
-from resnet_deploy.tune import TuneOptions, tune
+from resnet_deploy.tune import Candidate, TuneOptions, tune
 
 pytest.importorskip("mlperf_loadgen")
 LOOSE = {"slo_p99_ms": 60_000.0, "budget_s": 12.0, "loadgen_s": 1.0, "loadgen_min_queries": 8}
@@ -23,7 +27,7 @@ LOOSE = {"slo_p99_ms": 60_000.0, "budget_s": 12.0, "loadgen_s": 1.0, "loadgen_mi
 
 @pytest.fixture(scope="module")
 def models(exported, tmp_path_factory) -> tuple[Path, Path]:
-    source = exported("resnet18").output
+    source = exported("resnet18", image_size=32).output
     int8 = tmp_path_factory.mktemp("tune") / "resnet18.int8.onnx"
     optimize_model(source, OptimizeOptions(samples=4, guard=False, output=int8))
     return source, int8
@@ -32,8 +36,8 @@ def models(exported, tmp_path_factory) -> tuple[Path, Path]:
 def test_search_winner_loadgen_and_outputs(models, tmp_path: Path):
     fp32, int8 = models
     config, plot, record = tmp_path / "config.pbtxt", tmp_path / "tune.png", tmp_path / "t.json"
-    args = ["tune", str(fp32), "--int8", str(int8), "--slo-p99-ms", "60000", "--budget-s", "12"]
-    args += ["--loadgen-s", "1", "--loadgen-min-queries", "8", "--max-batch", "2"]
+    args = ["tune", str(fp32), "--int8", str(int8), "--slo-p99-ms", "60000", "--budget-s", "30"]
+    args += ["--loadgen-s", "1", "--max-batch", "2"]
     args += ["--triton-config", str(config), "--plot", str(plot), "--json", str(record)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -48,17 +52,76 @@ def test_search_winner_loadgen_and_outputs(models, tmp_path: Path):
         winner["images_per_s"] / default["images_per_s"]
     )
     assert (default["instances"], default["spin"]) == (1, True)
-    assert isinstance(report["valid"], bool) and report["loadgen"]["scenario"] == "Server"
-    assert report["loadgen"]["latency_bound_ms"] == pytest.approx(60_000.0)
-    assert f"--instances {winner['instances']}" in report["serve_flags"]
-    assert f"--threads {winner['threads']}" in report["serve_flags"]
+
+    # LoadGen ran each as it would be served: its instances, threads and batch
+    peaks = {"winner": report["server_qps"], "default": report["default_server_qps"]}
+    searches = {"winner": report["loadgen"], "default": report["default_loadgen"]}
+    for name, loadgen in searches.items():
+        candidate = report[name]
+        assert loadgen["scenario"] == "Server" and loadgen["latency_bound_ms"] == 60_000.0
+        assert loadgen["instances"] == candidate["instances"]
+        assert loadgen["threads"] == candidate["threads"]
+        assert loadgen["max_batch"] == candidate["batch_size"]
+        steps = loadgen["peak_search"]
+        assert 1 <= len(steps) <= tune_module.PEAK_STEPS
+        valid_steps = [s["target_qps"] for s in steps if s["valid"]]
+        assert peaks[name] == (max(valid_steps) if valid_steps else None)
+        assert loadgen["valid"] == bool(valid_steps)
+    # a step that runs LoadGen's 459 queries at a 60 s bound is VALID
+    chosen = report["deployed"]
+    assert report["valid"] is True and searches[chosen]["valid"] is True
+    assert peaks[chosen] > 0 and peaks[chosen] == max(p or 0 for p in peaks.values())
+    if all(peaks.values()):
+        gain = peaks["winner"] / peaks["default"]
+        assert report["server_gain_vs_default"] == pytest.approx(gain)
+    deployed = report[chosen]
+
+    # what is written out is the one deployed
+    assert f"--instances {deployed['instances']}" in report["serve_flags"]
+    assert f"--threads {deployed['threads']}" in report["serve_flags"]
     parsed = parse_config(config.read_text())
-    assert parsed.instance_group[0].count == winner["instances"]
-    assert parsed.max_batch_size == winner["batch_size"]
+    assert parsed.instance_group[0].count == deployed["instances"]
+    assert parsed.max_batch_size == deployed["batch_size"]
     threads = parsed.parameters["intra_op_thread_count"].string_value
-    assert threads == str(winner["threads"])
+    assert threads == str(deployed["threads"])
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    assert "winner:" in result.output or report["winner"] is None
+    assert "highest VALID target QPS" in result.output
+    assert f"LoadGen's verdict on the {report['deployed']}: VALID" in result.output
+
+
+@pytest.mark.parametrize(
+    ("winner_qps", "default_qps", "deployed", "gain"),
+    [
+        (20.0, 10.0, "winner", 2.0),
+        (10.0, 10.0, "winner", 1.0),  # a tie keeps the winner
+        (10.0, 20.0, "default", 0.5),
+        (None, 5.0, "default", None),  # no VALID step for the winner
+        (None, None, "winner", None),
+    ],
+)
+def test_what_loadgen_serves_more_with_is_written_out(
+    monkeypatch, winner_qps, default_qps, deployed, gain
+):
+    winner = Candidate("batch", "int8", Path("w.onnx"), 2, 1, 2, True)
+    default = Candidate("default", "fp32", Path("d.onnx"), 1, 2, 1, True)
+    peaks, budgets = {"winner": winner_qps, "default": default_qps}, {}
+
+    def peak_search(report, name, candidate, budget_s, options, progress):
+        budgets[name] = budget_s
+        qps = peaks[name]
+        time.sleep(0.05)
+        return SimpleNamespace(valid=qps is not None, target_qps=qps or 1.0)
+
+    monkeypatch.setattr(tune_module, "_peak_search", peak_search)
+    report = SimpleNamespace(winner=winner, default=default, notes=[])
+    tune_module._loadgen_stage(report, TuneOptions(), time.perf_counter() + 10, lambda s: None)
+    assert (report.server_qps, report.default_server_qps) == (winner_qps, default_qps)
+    assert report.deployed == deployed and report.server_gain_vs_default == gain
+    assert report.valid == (peaks[deployed] is not None)
+    assert any("the default served more" in n for n in report.notes) == (deployed == "default")
+    # the winner gets half the time left, the default all that is left after it
+    assert budgets["winner"] == pytest.approx(5.0, abs=0.01)
+    assert 9.0 < budgets["default"] <= 10 - 0.05
 
 
 def test_latency_objective_does_not_batch(models):

@@ -6,6 +6,7 @@ import math
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class _Prepared:
     metadata: ModelMetadata | None
     provider: str
     threads: int | None
+    instances: int | None
     system: InProcess | Remote
     endpoint: str | None  # URL and model name of a served model
     concurrency: int | None
@@ -73,7 +75,7 @@ class _Prepared:
     warmed: list[int]  # batch sizes run before LoadGen started
     timeout_s: float
     batch_latency_ms: float  # median time of one batch of max_batch
-    throughput_per_s: float  # samples/s at max_batch
+    throughput_per_s: float  # samples/s at max_batch, every instance at once
     single_latency_ms: float  # median time of one sample alone
 
 
@@ -84,6 +86,7 @@ class _System:
     system: InProcess | Remote
     provider: str
     threads: int | None
+    instances: int | None  # in-process sessions; None for a served model
     dtype: np.dtype
     classes: int | None
     image_size: int
@@ -100,6 +103,7 @@ def run_scenario(
 ) -> ScenarioResult:
     """One LoadGen test (or, with ``find_peak``, a bisection of Server tests) on the model: in
     process, or served at ``options.endpoint`` (then the file, if given, only describes it)."""
+    started = time.perf_counter()
     options = options or ScenarioOptions()
     scenario = check_scenario_options(options)
     if model_path is None and options.endpoint is None:
@@ -109,7 +113,7 @@ def run_scenario(
         prepared = _prepare(lg, model_path, scenario, options, progress)
         try:
             if options.find_peak:
-                result = _find_peak(prepared, options, logs, progress)
+                result = _find_peak(prepared, options, logs, progress, started)
             else:
                 result = _run_test(prepared, options, options.target_qps, logs, progress)
         finally:
@@ -220,7 +224,7 @@ def _prepare(
     warmed, pad_to = _batch_plan(scenario, max_batch, fixed, remote=options.endpoint is not None)
     progress(f"warming up batch sizes {_sizes(warmed)} and timing batch {max_batch}")
     batch_stats, single_stats = _calibrate(
-        found.system, preprocessing, found.dtype, max_batch, warmed, fixed
+        found.system, preprocessing, found.dtype, max_batch, warmed, fixed, found.instances or 1
     )
     return _Prepared(
         lg=lg,
@@ -228,6 +232,7 @@ def _prepare(
         metadata=metadata,
         provider=found.provider,
         threads=found.threads,
+        instances=found.instances,
         system=found.system,
         endpoint=found.endpoint,
         concurrency=found.concurrency,
@@ -270,8 +275,8 @@ def _in_process(
     options: ScenarioOptions,
     progress: Callable[[str], None],
 ) -> _System:
-    """The session LoadGen's queries run on; TensorRT gets one profile for batches 1 to the
-    largest, so no engine is rebuilt while LoadGen times."""
+    """The sessions LoadGen's queries run on, one per instance; TensorRT gets one profile for
+    batches 1 to the largest, so no engine is rebuilt while LoadGen times."""
     engine = options.engine
     provider = check_options(engine)
     config = session_config(
@@ -281,18 +286,23 @@ def _in_process(
         model_sha256=sha256_of(path),
         batch_sizes=(1, max_batch),
     )
-    progress(f"creating the {provider} session")
+    count = options.instances
+    progress(f"creating the {provider} session" + (f"s of {count} instances" if count > 1 else ""))
     note = tensorrt_build_note(config)
     if note:
         progress(note)
-    session = create_session(path, config)
     on_gpu = provider in (CUDA, TENSORRT) and engine.io_binding
-    runner = OrtRunner(session, binding_device="cuda" if on_gpu else None)
+    runners = [
+        OrtRunner(create_session(path, config), binding_device="cuda" if on_gpu else None)
+        for _ in range(count)
+    ]
+    session = runners[0].session
     classes = session.get_outputs()[0].shape[-1]
     return _System(
-        system=InProcess(runner),
+        system=InProcess(runners),
         provider=provider,
         threads=config.intra_op_threads,
+        instances=count,
         dtype=input_dtype(session),
         classes=classes if isinstance(classes, int) else None,
         image_size=metadata.image_size,
@@ -309,6 +319,7 @@ def _remote(
         system=Remote(model, concurrency=concurrency, timeout_s=options.timeout_s),
         provider=f"{model.server} over {model.protocol}",
         threads=None,
+        instances=None,
         dtype=model.dtype,
         classes=None,
         image_size=model.image_size,
@@ -350,15 +361,17 @@ def _calibrate(
     max_batch: int,
     warmed: list[int],
     fixed: int | None,
+    instances: int,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Run every batch size the SUT will form once, then time max_batch and a single sample."""
+    """Run every batch size the SUT will form once, then time max_batch (every instance at
+    once) and a single sample (alone)."""
     size = preprocessing.image_size
     shape = (max(max_batch, *warmed), 3, size, size)
     array = np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(dtype)
     for batch in warmed:
         system.warm(array[:batch])
     batch_stats = system.time(array[:max_batch], CALIBRATION_S, alone=False)
-    if max_batch == 1 or fixed is not None:  # a fixed batch runs a lone sample padded
+    if (max_batch == 1 and instances == 1) or fixed is not None:  # fixed: a lone one padded
         return batch_stats, batch_stats
     return batch_stats, system.time(array[:1], CALIBRATION_S / 2, alone=True)
 
@@ -386,6 +399,7 @@ def _run_test(
             f"no --target-qps: {target_qps:g}, {'half ' if share < 1 else ''}the "
             f"{prepared.throughput_per_s:.1f} samples/s measured at batch {prepared.max_batch}"
             + (f", {prepared.concurrency} requests in flight" if prepared.concurrency else "")
+            + (f", {prepared.instances} instances" if (prepared.instances or 1) > 1 else "")
         )
     settings = _test_settings(lg, prepared, options, target_qps)
     bound_ms = settings.server_target_latency_ns / 1e6 if scenario == "Server" else None
@@ -491,7 +505,7 @@ def _announce(prepared: _Prepared, settings: Any, target_qps: float | None) -> s
         return f"LoadGen {scenario}, accuracy: every one of the {prepared.library.count} samples"
     queries = settings.min_query_count
     if scenario == "Server":
-        estimate, load = max(duration_s, queries / target_qps), f" at {target_qps:g} QPS"
+        estimate, load = _server_step_s(settings, target_qps), f" at {target_qps:g} QPS"
         what = f"{queries} queries"
     elif scenario == "Offline":
         estimate = max(duration_s, queries / prepared.throughput_per_s)
@@ -507,13 +521,18 @@ def _announce(prepared: _Prepared, settings: Any, target_qps: float | None) -> s
 
 
 def _find_peak(
-    prepared: _Prepared, options: ScenarioOptions, logs: Path, progress: Callable[[str], None]
+    prepared: _Prepared,
+    options: ScenarioOptions,
+    logs: Path,
+    progress: Callable[[str], None],
+    started: float,
 ) -> ScenarioResult:
     """Bisect the Server target QPS between 0 and the throughput measured at max_batch (Server
     cannot beat that); the highest VALID step is the result, every step is listed.
 
     A step must run LoadGen's minimum query count, so a low target means a long step: the
-    search stops above the QPS at which one step would take more than MAX_PEAK_STEP_S.
+    search stops above the QPS at which one step would take more than MAX_PEAK_STEP_S or,
+    given ``peak_budget_s``, before a step that would end past it (counted from ``started``).
     """
     bound_ms = _latency_bound_ms(options)
     if prepared.single_latency_ms > bound_ms:
@@ -523,14 +542,24 @@ def _find_peak(
             "(raise --latency-bound-ms, or use a faster provider)"
         )
     probe = _test_settings(prepared.lg, prepared, options, prepared.throughput_per_s)
+    budget = options.peak_budget_s
     longest_s = max(MAX_PEAK_STEP_S, probe.min_duration_ms / 1e3)
-    floor = probe.min_query_count / longest_s
+    floor = probe.min_query_count / longest_s if budget is None else 0.0  # else: the budget's
     low, high = 0.0, prepared.throughput_per_s
     steps: list[PeakStep] = []
     best = last = None
+    stopped = ""  # why the search ended before its last step
     for number in range(1, options.peak_steps + 1):
         qps = _round_qps((low + high) / 2)
         if qps < floor:
+            stopped = (
+                f"below {floor:.3g} QPS one step would take over {longest_s:g} s "
+                f"(LoadGen's {probe.min_query_count} queries; --min-queries sets fewer)"
+            )
+            break
+        step_s = _server_step_s(probe, qps)
+        if budget is not None and time.perf_counter() - started + step_s > budget:
+            stopped = f"a step at {qps:g} QPS (about {step_s:.0f} s) would end past the budget"
             break
         progress(f"find-peak step {number} of {options.peak_steps}: {qps:g} QPS")
         folder = logs / f"step-{number}-qps-{qps:g}"
@@ -543,21 +572,22 @@ def _find_peak(
             low, best = qps, last
         else:
             high = qps
-    too_slow = (
-        f"below {floor:.3g} QPS one step would take over {longest_s:g} s "
-        f"(LoadGen's {probe.min_query_count} queries; --min-queries sets fewer)"
-    )
     if last is None:
-        raise ResnetDeployError(f"--find-peak: nothing to search: {too_slow}")
+        raise ResnetDeployError(f"--find-peak: nothing to search: {stopped}")
     result = best or last
-    result.peak_search = steps
+    result.peak_search, result.peak_stopped = steps, stopped
+    stop = f"; stopped early: {stopped}" if stopped else ""
     if best is None:
         lowest = f"no target QPS tried was VALID, down to {high:g}"
-        stop = f"; {too_slow}" if len(steps) < options.peak_steps else ""
         result.invalid_reasons.insert(0, lowest + stop)
     else:
-        result.notes.append(f"highest VALID target QPS of {len(steps)} steps: {low:g}")
+        result.notes.append(f"highest VALID target QPS of {len(steps)} steps: {low:g}{stop}")
     return result
+
+
+def _server_step_s(settings: Any, target_qps: float) -> float:
+    """How long a Server test runs: its minimum duration, or its minimum queries' worth."""
+    return max(settings.min_duration_ms / 1e3, settings.min_query_count / target_qps)
 
 
 def _latency_bound_ms(options: ScenarioOptions) -> float:

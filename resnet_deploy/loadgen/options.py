@@ -57,6 +57,7 @@ REMOTE_CONCURRENCY = 16  # requests in flight to a served model unless --concurr
 class ScenarioOptions:
     scenario: str = "singlestream"
     engine: BenchOptions = field(default_factory=BenchOptions)  # provider, threads, ... as bench
+    instances: int = 1  # in process: sessions sharing the queue, a worker thread each
     endpoint: EndpointOptions | None = None  # drive a served model instead of a session
     target_qps: float | None = None  # Server: Poisson arrival rate; Offline: expected samples/s
     latency_bound_ms: float | None = None  # Server p99 bound; None: 15 ms
@@ -72,6 +73,7 @@ class ScenarioOptions:
     official: bool = False  # MLPerf's ResNet50 settings: 600 s, official query counts and bounds
     find_peak: bool = False  # Server: bisect the target QPS for the highest VALID one
     peak_steps: int = DEFAULT_PEAK_STEPS
+    peak_budget_s: float | None = None  # find_peak: no step ends past it; None: 60 s a step
     force: bool = False  # overwrite LoadGen logs already in log_dir
 
 
@@ -92,7 +94,7 @@ class ScenarioResult:
     model_sha256: str  # "" without a file
     metadata: ModelMetadata | None  # None for a served model without its file
     provider: str  # ONNX Runtime's provider, or the server and protocol of an endpoint
-    threads: int | None  # intra-op threads in process; None for an endpoint
+    threads: int | None  # intra-op threads in process (of each instance); None for an endpoint
     input_dtype: str
     scenario: str  # LoadGen's name: SingleStream, MultiStream, Server, Offline
     mode: str  # PerformanceOnly or AccuracyOnly
@@ -118,6 +120,7 @@ class ScenarioResult:
     max_ms: float | None = None
     min_duration_ms: int | None = None
     min_query_count: int | None = None
+    instances: int | None = None  # in-process sessions serving the queue; None for an endpoint
     max_batch: int = 1
     batch_timeout_ms: float = 0.0
     mean_batch_size: float | None = None  # what the SUT's worker actually ran
@@ -136,6 +139,7 @@ class ScenarioResult:
     loadgen_warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     peak_search: list[PeakStep] = field(default_factory=list)
+    peak_stopped: str = ""  # why the peak search ended before its last step
     log_dir: Path | None = None
     loadgen_version: str = ""
     environment: Environment | None = None
@@ -163,6 +167,7 @@ def check_scenario_options(options: ScenarioOptions) -> str:
         "--min-queries": options.min_queries,
         "--samples": options.samples,
         "--max-batch": options.max_batch,
+        "--instances": options.instances,
     }
     for flag, value in positive.items():
         if value is not None and not value > 0:
@@ -196,6 +201,8 @@ def check_scenario_options(options: ScenarioOptions) -> str:
             raise InputError(
                 "--batch-timeout-ms is the in-process batcher's; a server batches itself"
             )
+        if options.instances != 1:
+            raise InputError("--instances is the in-process SUT's; a server runs its own")
     if options.log_dir is not None:
         log_dir = Path(options.log_dir)
         if log_dir.exists() and not log_dir.is_dir():

@@ -97,6 +97,7 @@ def read_result(
         max_ms=_ms(parse_number(values.get("Max latency (ns)"))),
         min_duration_ms=parse_number(values.get("min_duration (ms)"), int),
         min_query_count=parse_number(values.get("min_query_count"), int),
+        instances=prepared.instances,
         max_batch=prepared.max_batch,
         batch_timeout_ms=prepared.timeout_s * 1e3,
         mean_batch_size=sut.samples / sut.batches if sut.batches else None,
@@ -235,6 +236,8 @@ def _subject(result: ScenarioResult) -> str:
     model = f"{meta.arch} ({meta.variant}), " if meta is not None else ""
     if result.endpoint is None:
         where = f"{result.provider}, {result.threads} threads"
+        if result.instances and result.instances > 1:
+            where = f"{result.provider}, {result.instances} instances x {result.threads} threads"
         return f"{result.model}: {model}{result.input_dtype}, {where}"
     described = f" (preprocessing from {result.model})" if result.model is not None else ""
     return (

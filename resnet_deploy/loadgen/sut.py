@@ -3,10 +3,12 @@
 LoadGen calls ``issue_queries`` with samples and waits for each to be answered with
 ``QuerySamplesComplete``; what answers is pluggable:
 
-- ``InProcess``: our ONNX Runtime session behind a queue served by one worker thread, which runs
-  up to a maximum batch and waits at most a batch timeout (from the oldest sample's arrival) for
-  a batch to fill. That is what lets Server meet its p99 bound under Poisson arrivals: a lone
-  sample is not held back, a burst is served as one batch.
+- ``InProcess``: our ONNX Runtime sessions (one or more instances) behind one queue, each
+  served by its own worker thread, which runs up to a maximum batch and waits at most a batch
+  timeout (from the oldest sample's arrival) for a batch to fill. That is what lets Server meet
+  its p99 bound under Poisson arrivals: a lone sample is not held back, a burst is served as one
+  batch; and an idle instance takes the next batch while the others run, as a Triton model's
+  instances share its dynamic batcher.
 - ``Remote``: a served model (Triton, KServe v2), each query's samples sent as requests of up
   to a maximum batch by a fixed number of client threads, so that many are in flight and the
   server's own dynamic batcher forms the batches.
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.bench import summarize, time_runs
+from resnet_deploy.bench import summarize, time_parallel
 from resnet_deploy.endpoint import EndpointModel, ModelClient, time_requests
 from resnet_deploy.loadgen.samples import SampleLibrary
 from resnet_deploy.runners import OrtRunner
@@ -79,29 +81,33 @@ class Sut:
 
 
 class BatchingSut(Sut):
-    """The in-process SUT: samples queue up; one worker runs up to ``max_batch`` of them at
-    once, waiting at most ``timeout_s`` after the oldest one arrived for more to join it, and
-    pads a short batch to ``pad_to`` (the shape that was warmed up) when given."""
+    """The in-process SUT: samples queue up; a worker per runner takes up to ``max_batch`` of
+    them at once, waiting at most ``timeout_s`` after the oldest one arrived for more to join
+    it, and pads a short batch to ``pad_to`` (the shape that was warmed up) when given."""
 
     def __init__(
         self,
         lg: Any,
         library: SampleLibrary,
-        runner: OrtRunner,
+        runners: list[OrtRunner],
         *,
         max_batch: int,
         timeout_s: float,
         pad_to: int | None,
     ):
         super().__init__(lg, library)
-        self.runner = runner
         self.max_batch = max_batch
         self.timeout_s = timeout_s
         self.pad_to = pad_to
         self.pending: deque[tuple[Any, float]] = deque()
         self.ready = threading.Condition()
         self.closed = False
-        self.worker = threading.Thread(target=self._serve, name="sut-worker", daemon=True)
+        self.workers = [
+            threading.Thread(
+                target=self._serve, args=(runner,), name=f"sut-worker-{i}", daemon=True
+            )
+            for i, runner in enumerate(runners)
+        ]
 
     def issue_queries(self, samples: list[Any]) -> None:
         arrived = time.monotonic()
@@ -111,31 +117,36 @@ class BatchingSut(Sut):
 
     @contextmanager
     def serving(self) -> Iterator[BatchingSut]:
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         try:
             yield self
         finally:
             with self.ready:
                 self.closed = True
-                self.ready.notify()
-            self.worker.join()
+                self.ready.notify_all()
+            for worker in self.workers:
+                worker.join()
 
-    def _serve(self) -> None:
+    def _serve(self, runner: OrtRunner) -> None:
         while True:
             with self.ready:
                 while not self.pending and not self.closed:
                     self.ready.wait()
                 if not self.pending:
                     return
-                deadline = self.pending[0][1] + self.timeout_s
-                while len(self.pending) < self.max_batch and not self.closed:
-                    remaining = deadline - time.monotonic()
+                # another worker may take the oldest samples meanwhile: the deadline is re-read
+                while self.pending and len(self.pending) < self.max_batch and not self.closed:
+                    remaining = self.pending[0][1] + self.timeout_s - time.monotonic()
                     if remaining <= 0:
                         break
                     self.ready.wait(remaining)
                 taken = min(self.max_batch, len(self.pending))
                 batch = [self.pending.popleft()[0] for _ in range(taken)]
-            self._infer(batch, lambda array: _ort_logits(self.runner, array), self.pad_to)
+                if self.pending:  # more than one batch waits: wake an idle worker for the rest
+                    self.ready.notify()
+            if batch:
+                self._infer(batch, lambda array: _ort_logits(runner, array), self.pad_to)
 
 
 class RemoteSut(Sut):
@@ -188,19 +199,22 @@ class RemoteSut(Sut):
 
 
 class InProcess:
-    """An ONNX Runtime session run in this process: the default system under test."""
+    """ONNX Runtime sessions in this process, one per instance: the default system under test."""
 
-    def __init__(self, runner: OrtRunner):
-        self.runner = runner
+    def __init__(self, runners: list[OrtRunner]):
+        self.runners = runners
 
     def time(self, array: np.ndarray, seconds: float, *, alone: bool) -> dict[str, float]:
-        """First a run of the shape (a shape's first run tunes kernels), then timed runs."""
-        feed = self.runner.place(array)
-        self.runner.infer(feed)
-        return summarize(*time_runs(self.runner.infer, feed, seconds=seconds), len(array))
+        """A run of the shape on each instance (a shape's first run tunes kernels), then timed
+        runs: of one instance when ``alone``, else of every instance at once, each in its own
+        thread (the throughput they reach together)."""
+        runners = self.runners[:1] if alone else self.runners
+        times, wall, _ = time_parallel(runners, array, seconds=seconds)
+        return summarize(times, wall, len(array))
 
     def warm(self, array: np.ndarray) -> None:
-        _ort_logits(self.runner, array)
+        for runner in self.runners:
+            _ort_logits(runner, array)
 
     def sut(
         self,
@@ -212,11 +226,12 @@ class InProcess:
         pad_to: int | None,
     ) -> BatchingSut:
         return BatchingSut(
-            lg, library, self.runner, max_batch=max_batch, timeout_s=timeout_s, pad_to=pad_to
+            lg, library, self.runners, max_batch=max_batch, timeout_s=timeout_s, pad_to=pad_to
         )
 
     def close(self) -> None:
-        self.runner.__exit__()
+        for runner in self.runners:
+            runner.__exit__()
 
 
 class Remote:
