@@ -23,13 +23,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from record import write_record
+
 from resnet_deploy.bench import BenchOptions, BenchReport, bench
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import ProviderError
 from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.files import write_text_atomic
 from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.report import to_json
 from resnet_deploy.verify import VerifyOptions, VerifyReport, verify
 
 # precision -> the providers it is benched on. fp16 is a GPU format: ONNX Runtime's CPU
@@ -280,12 +280,8 @@ def main() -> None:
     when = datetime.date.today().isoformat()
     text = markdown(rows, measured, notes, env, when, args.note, args.arch)
     stem = args.output_dir / f"{when}-{'gpu' if env.gpus else 'cpu'}"
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {"date": when, "note": args.note, "rows": rows, "notes": notes, "runs": measured}
-    write_text_atomic(stem.with_suffix(".md"), text, replace=True)
-    write_text_atomic(stem.with_suffix(".json"), to_json(record), replace=True)
-    print(text)
-    print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
+    write_record(stem, text, record)
 
 
 if __name__ == "__main__":

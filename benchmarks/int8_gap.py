@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from record import write_record
 
 from resnet_deploy.bench import BenchOptions, bench
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.files import write_text_atomic
 from resnet_deploy.optimize import OptimizeOptions, optimize_model
 from resnet_deploy.profile import LayerTime, ProfileOptions, ProfileReport, profile_model
-from resnet_deploy.report import to_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = (1, 8)
@@ -141,12 +140,8 @@ def main() -> None:
     when = datetime.date.today().isoformat()
     text = markdown(timings, profiles, kernels, env, when, args)
     stem = args.output_dir / f"{when}-int8-gap"
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {"date": when, "note": args.note, "timings": timings, "profiles": profiles}
-    write_text_atomic(stem.with_suffix(".md"), text)
-    write_text_atomic(stem.with_suffix(".json"), to_json(record))
-    print(text)
-    print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
+    write_record(stem, text, record)
 
 
 def markdown(

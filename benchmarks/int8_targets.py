@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_record
 
 from resnet_deploy.bench import BenchOptions, bench, session_config
 from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.files import write_text_atomic
 from resnet_deploy.int8target import TARGETS, cpu_flags, has_vnni
 from resnet_deploy.optimize import OptimizeOptions, optimize_model
 from resnet_deploy.providers import create_session
-from resnet_deploy.report import to_json
 
 
 def measure(args: argparse.Namespace, folder: Path) -> tuple[list[dict], list]:
@@ -127,12 +126,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         rows, records = measure(args, Path(work))
-    text = table(rows, args.note)
-    print(text)
+    text = table(rows, args.note) + "\n"
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out / "int8-targets.md", text + "\n")
-        write_text_atomic(args.out / "int8-targets.json", to_json(records))
+        write_record(args.out / "int8-targets", text, records)
+    else:
+        print(text)
 
 
 if __name__ == "__main__":

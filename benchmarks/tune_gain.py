@@ -19,11 +19,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from record import write_record
+
 from resnet_deploy.environment import describe_environment
 from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.files import write_text_atomic
 from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.report import to_json
 from resnet_deploy.tune import TuneOptions, TuneReport, format_report, tune
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,7 +41,7 @@ def line(name: str, report: TuneReport) -> str:
     default = f"{d.label()}: {d.images_per_s:.1f}" if d else "none met the bound"
     peaks = " / ".join(
         "none VALID" if qps is None else f"{qps:g}"
-        for qps in (report.server_qps, report.default_server_qps)
+        for qps in (report.server_qps, report.batch1_server_qps, report.default_server_qps)
     )
     verdict = {True: "VALID", False: "INVALID", None: "not checked"}[report.valid]
     busy = " (busy machine)" if report.contention.unreliable else ""
@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--slo-p99-ms", type=float, default=15.0)
     parser.add_argument("--budget-s", type=float, default=300.0)
     parser.add_argument("--loadgen-s", type=float, default=10.0)
+    parser.add_argument(
+        "--searches", default="int8,fp32+int8", help="int8: the int8 file alone; fp32+int8: both"
+    )
     parser.add_argument("--note", default="")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -69,25 +72,29 @@ def main() -> None:
             ExportOptions(output=Path(folder) / f"{args.arch}.onnx", arch=args.arch), progress=log
         ).output
         int8 = optimize_model(fp32, OptimizeOptions(precision="int8"), progress=log).output
-        runs = {
-            "int8 file alone": tune(int8, options, progress=log),
-            "fp32 export, int8 as second precision": tune(
-                fp32, replace(options, int8=int8), progress=log
+        searches = {
+            "int8": ("int8 file alone", lambda: tune(int8, options, progress=log)),
+            "fp32+int8": (
+                "fp32 export, int8 as second precision",
+                lambda: tune(fp32, replace(options, int8=int8), progress=log),
             ),
         }
+        chosen = [searches[key] for key in args.searches.split(",")]
+        runs = {name: search() for name, search in chosen}
     when = datetime.date.today().isoformat()
     lines = [
         f"# `tune` on {args.arch} (random weights), p99 bound {args.slo_p99_ms:g} ms, {when}",
         "",
         "| search | bench default (images/s) | winner (images/s) | gain | LoadGen Server peak QPS "
-        "(winner / default) | written out | run |",
+        "(winner / batch 1 / default) | written out | run |",
         "|---|---|---|---:|---|---|---|",
         *(line(name, report) for name, report in runs.items()),
         "",
         f"- {env.cpu_model}, {env.physical_cores} physical cores; budget {args.budget_s:g} s "
         f"per search (LoadGen included), each LoadGen step at least {args.loadgen_s:g} s",
         "- LoadGen Server peak QPS: the highest VALID target QPS at the bound that `--find-peak`'s "
-        "bisection found, for the winner and for the default, each run with its own instances",
+        "bisection found, for the winner, its unbatched alternative (when the winner batches) "
+        "and the default, each run with its own instances",
         "- gain: the winner's images/s over bench's default configuration's (one session, a "
         "thread per core, spinning on, the best of batches 1, 8, 32 under the bound) measured in "
         "the same search",
@@ -99,11 +106,7 @@ def main() -> None:
     lines += ["", "Reproduce: `python benchmarks/tune_gain.py`", ""]
     text = "\n".join(lines)
     stem = args.output_dir / f"{when}-tune"
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(stem.with_suffix(".md"), text)
-    write_text_atomic(stem.with_suffix(".json"), to_json({"note": args.note, "runs": runs}))
-    print(text)
-    print(f"wrote {stem}.md and {stem}.json", file=sys.stderr)
+    write_record(stem, text, {"note": args.note, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -207,9 +207,12 @@ def provider_option(command: Callable) -> Callable:
 strict_placement_option = click.option(
     "--strict-placement", is_flag=True, help="GPU: fail if compute nodes land on the CPU."
 )
-spin_option = click.option(
-    "--spin/--no-spin", default=True, show_default=True, help="Idle ONNX Runtime threads spin."
-)
+
+
+def spin_option(default: bool) -> Callable:
+    return click.option(
+        "--spin/--no-spin", default=default, show_default=True, help="Idle ORT threads spin."
+    )
 
 
 def batch_sizes_option(help_text: str, default: str | None = None) -> Callable:
@@ -401,7 +404,7 @@ def parse_batch(value: str) -> int | None:
 @click.option("--iterations", type=COUNT, help="Timed runs per batch size.")
 @click.option("--duration", "duration_s", type=POSITIVE, help="Timed seconds per batch [5].")
 @threads_option("Intra-op threads, eager too [default: physical cores].")
-@spin_option
+@spin_option(default=True)
 @click.option(
     "--io-binding/--no-io-binding",
     default=True,
@@ -990,7 +993,7 @@ PORT = Number(int, 0, 65535)
     show_default=True,
     help="Threads per instance (0: ONNX Runtime's default).",
 )
-@spin_option
+@spin_option(default=False)
 @click.option(
     "--top", "top_k", type=Number(int, 1, 1000), default=5, show_default=True, help="Image k."
 )

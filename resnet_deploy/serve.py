@@ -99,7 +99,10 @@ class ServeOptions:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # requests waiting per model; 0: unbounded
     instances: int = 1  # model instances, each with its own ONNX Runtime session
     threads: int = 0  # intra-op threads per session; 0: ONNX Runtime's default
-    spin: bool = True  # ONNX Runtime's default; off leaves idle cores to Triton and its clients
+    # ONNX Runtime's idle threads spin by default; in a server that keeps Triton's own threads
+    # off the cores, and Triton's dynamic batcher with a bounded queue then often misses the
+    # moment its instance is free again and sleeps its 500 ms timeout (see the README)
+    spin: bool = False
     top_k: int = DEFAULT_TOP_K  # classes the image model returns
     image_model: bool = True
     startup_timeout_s: float = 120.0
@@ -264,7 +267,7 @@ class ModelServer:
             )
         self._folder = Path(tempfile.mkdtemp(prefix="resnet-deploy-serve-"))
         try:
-            repository = self._write_repository(self._folder / "models")
+            repository = self.write_repository(self._folder / "models")
             progress(f"start tritonserver ({self.options.instances} instance(s) a model)")
             self._process = launch_tritonserver(
                 engine, repository, self.options, self._folder, self.log_file
@@ -285,7 +288,7 @@ class ModelServer:
             strict_placement=self.options.strict_placement,
         )
 
-    def _write_repository(self, repository: Path) -> Path:
+    def write_repository(self, repository: Path) -> Path:
         """The models as Triton's Python backend runs them (see triton_backend)."""
         options = self.options
         parameters = {
@@ -378,9 +381,13 @@ class ModelServer:
         return log_cause(text) or fallback
 
     def alive(self) -> bool:
-        """tritonserver is running and the models still answer ready."""
-        running = self._process is not None and self._process.poll() is None
-        return running and model_ready(self.ready_url(self.name))
+        """tritonserver is running (Triton itself restarts a stub that dies).
+
+        Not a readiness request: each one makes the Python backend check its stubs' health,
+        and under load that held the model's next request about 500 ms, once or twice a second
+        when polled every second (measured with one client and a near-empty model).
+        """
+        return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
         """Drain and stop tritonserver, then remove what it left.

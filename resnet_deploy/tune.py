@@ -154,10 +154,17 @@ class TuneReport:
     # was VALID, or none ran), found as bench --scenario server --find-peak --instances N does
     server_qps: float | None  # the winner's
     default_server_qps: float | None  # the default's
+    # the deployed one's over the default's (1.0 when the default is deployed)
     server_gain_vs_default: float | None
     loadgen: ScenarioResult | None  # the winner's peak search, every step listed
     default_loadgen: ScenarioResult | None  # the default's (the winner's, if it is the default)
-    deployed: str | None  # "winner" or "default": whose serve flags and Triton config these are
+    # When the winner batches, the best unbatched candidate under the bound is checked too: a
+    # batch waits to fill and holds every sample in it, which a closed loop does not see
+    batch1: Candidate | None
+    batch1_server_qps: float | None
+    batch1_loadgen: ScenarioResult | None
+    # "winner", "batch 1" or "default": whose serve flags and Triton config these are
+    deployed: str | None
     valid: bool | None  # LoadGen's verdict on the one deployed: a VALID step; None: not checked
     serve_flags: str
     triton_config: str
@@ -238,6 +245,9 @@ def tune(
         server_gain_vs_default=None,
         loadgen=None,
         default_loadgen=None,
+        batch1=None,
+        batch1_server_qps=None,
+        batch1_loadgen=None,
         deployed=None,
         valid=None,
         serve_flags="",
@@ -258,8 +268,9 @@ def tune(
             and c.batch_size in DEFAULT_BATCH_SIZES
         ]
         report.gain_vs_default_same_precision = _gain(winner, search.best(same, "throughput"))
+        report.batch1 = _unbatched_alternative(search.candidates, winner, default)
         _loadgen_stage(report, options, started + options.budget_s, progress)
-        chosen = default if report.deployed == "default" else winner
+        chosen = _finalists(report)[report.deployed]
         delay_ms = queue_delay_ms(chosen, options.slo_p99_ms)
         report.serve_flags = serve_flags(chosen, delay_ms)
         report.triton_config = triton_config(chosen, delay_ms, provider)
@@ -497,7 +508,7 @@ def serve_flags(candidate: Candidate, delay_ms: float) -> str:
     return (
         f"resnet-deploy serve {candidate.model} --max-batch-size {candidate.batch_size} "
         f"--max-queue-delay-us {round(delay_ms * 1e3)} --instances {candidate.instances} "
-        f"--threads {candidate.threads}"
+        f"--threads {candidate.threads} {'--spin' if candidate.spin else '--no-spin'}"
     )
 
 
@@ -531,35 +542,63 @@ def triton_config(winner: Candidate, delay_ms: float, provider: str) -> str:
     return render_config(config, "config.pbtxt")
 
 
+def _unbatched_alternative(
+    candidates: list[Candidate], winner: Candidate, default: Candidate | None
+) -> Candidate | None:
+    """The fastest batch-1 candidate under the bound, when the winner batches and it is not
+    the default (which is checked anyway)."""
+    if winner.batch_size == 1:
+        return None
+    unbatched = [c for c in candidates if c.batch_size == 1 and c.meets_slo]
+    best = max(unbatched, key=lambda c: c.images_per_s or 0, default=None)
+    if best is None or (default is not None and _same(best, default)):
+        return None
+    return best
+
+
+def _finalists(report: TuneReport) -> dict[str, Candidate]:
+    """What LoadGen judges, by name: the winner, its unbatched alternative, the default."""
+    assert report.winner is not None
+    finalists = {"winner": report.winner}
+    if report.batch1 is not None:
+        finalists["batch 1"] = report.batch1
+    if report.default is not None and not _same(report.default, report.winner):
+        finalists["default"] = report.default
+    return finalists
+
+
 def _loadgen_stage(
     report: TuneReport, options: TuneOptions, end: float, progress: Callable[[str], None]
 ) -> None:
-    """5. LoadGen Server's peak search at the bound on the winner, then on the default, each in
-    half the time left; the one with the higher VALID target QPS is deployed (the winner on a
-    tie or when neither had a VALID step)."""
-    winner, default = report.winner, report.default
-    checks = {"winner": winner}
-    if default is not None and not _same(default, winner):
-        checks["default"] = default
+    """5. LoadGen Server's peak search at the bound on each finalist in turn, each in an equal
+    share of the time left; the one with the highest VALID target QPS is deployed (the winner
+    on a tie or when none had a VALID step)."""
+    finalists = _finalists(report)
     found: dict[str, ScenarioResult | None] = {}
-    for left, (name, candidate) in zip(range(len(checks), 0, -1), checks.items(), strict=True):
-        budget_s = (end - time.perf_counter()) / left
+    for index, (name, candidate) in enumerate(finalists.items()):
+        budget_s = (end - time.perf_counter()) / (len(finalists) - index)
         found[name] = _peak_search(report, name, candidate, budget_s, options, progress)
     report.loadgen = found["winner"]
-    report.default_loadgen = found.get("default", report.loadgen if default is not None else None)
-    qps = report.server_qps = _peak_qps(report.loadgen)
-    default_qps = report.default_server_qps = _peak_qps(report.default_loadgen)
-    report.server_gain_vs_default = qps / default_qps if qps and default_qps else None
-    report.deployed = "winner"
-    if default_qps and default_qps > (qps or 0):
-        report.deployed = "default"
-        against = f"{qps:g}" if qps else "no VALID step"
+    report.batch1_loadgen = found.get("batch 1")
+    default_found = found.get("default", report.loadgen)
+    report.default_loadgen = default_found if report.default is not None else None
+    peaks = {name: _peak_qps(result) for name, result in found.items()}
+    report.server_qps = peaks["winner"]
+    report.batch1_server_qps = peaks.get("batch 1")
+    report.default_server_qps = _peak_qps(report.default_loadgen)
+    best = max(peaks, key=lambda name: peaks[name] or 0)  # the first, the winner, on a tie
+    report.deployed = best if peaks[best] else "winner"
+    deployed_qps, default_qps = peaks[report.deployed], report.default_server_qps
+    if deployed_qps and default_qps:
+        report.server_gain_vs_default = deployed_qps / default_qps
+    if report.deployed != "winner":
+        against = f"{peaks['winner']:g}" if peaks["winner"] else "no VALID step"
         report.notes.append(
-            f"LoadGen Server at the bound: the default served more queries/s than the winner "
-            f"({default_qps:g} against {against}), so the default is what is written out"
+            f"LoadGen Server at the bound: the {report.deployed} configuration served more "
+            f"queries/s than the winner ({deployed_qps:g} against {against}), so it is what "
+            "is written out"
         )
-    deployed = report.loadgen if report.deployed == "winner" else report.default_loadgen
-    report.valid = None if deployed is None else deployed.valid
+    report.valid = None if found[report.deployed] is None else found[report.deployed].valid
 
 
 def _peak_search(
@@ -656,12 +695,16 @@ def format_report(report: TuneReport) -> str:
 
 def _loadgen_lines(report: TuneReport) -> list[str]:
     """Each peak search's highest VALID target QPS and its steps, and the verdict deployed."""
-    same = report.default is not None and _same(report.default, report.winner)
-    checked = {"winner, the default" if same else "winner": report.loadgen}
-    if report.default is not None and not same:
-        checked["default"] = report.default_loadgen
+    searches = {
+        "winner": report.loadgen,
+        "batch 1": report.batch1_loadgen,
+        "default": report.default_loadgen,
+    }
     rows, stops = [], []
-    for name, result in checked.items():
+    for name in _finalists(report):
+        result = searches[name]
+        if name == "winner" and "default" not in _finalists(report) and report.default:
+            name = "winner, the default"
         if result is None:
             rows.append([name, "-", "-", "not checked (see below)"])
             continue
@@ -678,11 +721,13 @@ def _loadgen_lines(report: TuneReport) -> list[str]:
         format_table(["", "queries/s", "p99 ms", "steps (target QPS)"], rows),
         *stops,
     ]
+    if report.batch1 is not None:
+        lines.append(f"batch 1: {report.batch1.label()}, the winner's unbatched alternative")
     if report.server_gain_vs_default is not None:
         gain = report.server_gain_vs_default
-        lines.append(f"gain over the default under LoadGen: {gain:.2f}x")
+        lines.append(f"gain of the {report.deployed} over the default under LoadGen: {gain:.2f}x")
     if report.valid is not None:
-        deployed = report.loadgen if report.deployed == "winner" else report.default_loadgen
+        deployed = searches[report.deployed]
         verdict = "VALID" if report.valid else "INVALID: " + "; ".join(deployed.invalid_reasons[:2])
         lines.append(f"LoadGen's verdict on the {report.deployed}: {verdict}")
     return lines

@@ -528,3 +528,29 @@ def test_sigterm_while_starting_stops_cleanly(model):
     assert "Traceback" not in err.decode()
     alive, segments = leftovers(server)
     assert not alive and not segments, (alive, segments)
+
+
+def test_repository_carries_the_session_settings(model, tmp_path):
+    """What each stub is told: the file, its session settings, its kind, Triton's batching."""
+    from resnet_deploy.serve import ModelServer
+
+    options = ServeOptions(threads=1, instances=2, max_queue_size=7, top_k=3)
+    repo = ModelServer(model, options).write_repository(tmp_path / "models")
+    tensor = parse_config((repo / "resnet18" / "config.pbtxt").read_text())
+    image = parse_config((repo / "resnet18_image" / "config.pbtxt").read_text())
+    for config, kind in ((tensor, "tensor"), (image, "image")):
+        values = {key: value.string_value for key, value in config.parameters.items()}
+        assert values["model_path"] == str(model.resolve()) and values["kind"] == kind
+        assert (values["threads"], values["spin"]) == ("1", "0")  # serve's default: no spinning
+        assert config.backend == "python" and not config.platform
+        assert config.instance_group[0].count == 2
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == 7
+        source = (repo / config.name / "1" / "model.py").read_text()
+        assert "from resnet_deploy.triton_backend import TritonPythonModel" in source
+    assert [o.name for o in image.output] == ["classes", "class_indices", "probabilities", "error"]
+    assert list(image.output[0].dims) == [3] and image.max_batch_size == tensor.max_batch_size
+    labels = (repo / "resnet18" / "labels.txt").read_text().splitlines()
+    assert labels == list(imagenet_classes())
+    spinning = ModelServer(model, ServeOptions(spin=True)).write_repository(tmp_path / "spin")
+    config = parse_config((spinning / "resnet18" / "config.pbtxt").read_text())
+    assert config.parameters["spin"].string_value == "1"

@@ -56,8 +56,13 @@ def test_search_winner_loadgen_and_outputs(models, tmp_path: Path):
     # LoadGen ran each as it would be served: its instances, threads and batch
     peaks = {"winner": report["server_qps"], "default": report["default_server_qps"]}
     searches = {"winner": report["loadgen"], "default": report["default_loadgen"]}
+    if report["batch1"] is not None:
+        peaks["batch 1"], searches["batch 1"] = (
+            report["batch1_server_qps"],
+            report["batch1_loadgen"],
+        )
     for name, loadgen in searches.items():
-        candidate = report[name]
+        candidate = report[name.replace(" ", "")]
         assert loadgen["scenario"] == "Server" and loadgen["latency_bound_ms"] == 60_000.0
         assert loadgen["instances"] == candidate["instances"]
         assert loadgen["threads"] == candidate["threads"]
@@ -72,13 +77,14 @@ def test_search_winner_loadgen_and_outputs(models, tmp_path: Path):
     assert report["valid"] is True and searches[chosen]["valid"] is True
     assert peaks[chosen] > 0 and peaks[chosen] == max(p or 0 for p in peaks.values())
     if all(peaks.values()):
-        gain = peaks["winner"] / peaks["default"]
+        gain = peaks[chosen] / peaks["default"]
         assert report["server_gain_vs_default"] == pytest.approx(gain)
-    deployed = report[chosen]
+    deployed = report[chosen.replace(" ", "")]
 
     # what is written out is the one deployed
     assert f"--instances {deployed['instances']}" in report["serve_flags"]
     assert f"--threads {deployed['threads']}" in report["serve_flags"]
+    assert report["serve_flags"].endswith("--spin" if deployed["spin"] else "--no-spin")
     parsed = parse_config(config.read_text())
     assert parsed.instance_group[0].count == deployed["instances"]
     assert parsed.max_batch_size == deployed["batch_size"]
@@ -90,21 +96,24 @@ def test_search_winner_loadgen_and_outputs(models, tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("winner_qps", "default_qps", "deployed", "gain"),
+    ("winner_qps", "batch1_qps", "default_qps", "deployed", "gain"),
     [
-        (20.0, 10.0, "winner", 2.0),
-        (10.0, 10.0, "winner", 1.0),  # a tie keeps the winner
-        (10.0, 20.0, "default", 0.5),
-        (None, 5.0, "default", None),  # no VALID step for the winner
-        (None, None, "winner", None),
+        (20.0, 15.0, 10.0, "winner", 2.0),
+        (10.0, 10.0, 10.0, "winner", 1.0),  # a tie keeps the winner
+        (10.0, 14.0, 12.0, "batch 1", 14.0 / 12.0),  # LoadGen prefers the unbatched one
+        (10.0, None, 20.0, "default", 1.0),
+        (None, None, 5.0, "default", 1.0),  # no VALID step for the winner
+        (None, None, None, "winner", None),
     ],
 )
-def test_what_loadgen_serves_more_with_is_written_out(
-    monkeypatch, winner_qps, default_qps, deployed, gain
+def test_what_loadgen_serves_most_with_is_written_out(
+    monkeypatch, winner_qps, batch1_qps, default_qps, deployed, gain
 ):
     winner = Candidate("batch", "int8", Path("w.onnx"), 2, 1, 2, True)
+    batch1 = Candidate("layout", "int8", Path("w.onnx"), 2, 1, 1, True)
     default = Candidate("default", "fp32", Path("d.onnx"), 1, 2, 1, True)
-    peaks, budgets = {"winner": winner_qps, "default": default_qps}, {}
+    peaks = {"winner": winner_qps, "batch 1": batch1_qps, "default": default_qps}
+    budgets = {}
 
     def peak_search(report, name, candidate, budget_s, options, progress):
         budgets[name] = budget_s
@@ -113,15 +122,35 @@ def test_what_loadgen_serves_more_with_is_written_out(
         return SimpleNamespace(valid=qps is not None, target_qps=qps or 1.0)
 
     monkeypatch.setattr(tune_module, "_peak_search", peak_search)
-    report = SimpleNamespace(winner=winner, default=default, notes=[])
-    tune_module._loadgen_stage(report, TuneOptions(), time.perf_counter() + 10, lambda s: None)
-    assert (report.server_qps, report.default_server_qps) == (winner_qps, default_qps)
-    assert report.deployed == deployed and report.server_gain_vs_default == gain
+    report = SimpleNamespace(
+        winner=winner, batch1=batch1, default=default, notes=[], server_gain_vs_default=None
+    )
+    tune_module._loadgen_stage(report, TuneOptions(), time.perf_counter() + 9, lambda s: None)
+    assert (report.server_qps, report.batch1_server_qps) == (winner_qps, batch1_qps)
+    assert report.default_server_qps == default_qps
+    assert report.deployed == deployed
+    assert report.server_gain_vs_default == (None if gain is None else pytest.approx(gain))
     assert report.valid == (peaks[deployed] is not None)
-    assert any("the default served more" in n for n in report.notes) == (deployed == "default")
-    # the winner gets half the time left, the default all that is left after it
-    assert budgets["winner"] == pytest.approx(5.0, abs=0.01)
-    assert 9.0 < budgets["default"] <= 10 - 0.05
+    assert any("so it is what is written out" in n for n in report.notes) == (deployed != "winner")
+    # each gets an equal share of the time left when its turn comes
+    assert budgets["winner"] == pytest.approx(3.0, abs=0.01)
+    assert budgets["batch 1"] == pytest.approx((9 - 0.05) / 2, abs=0.02)
+    assert 8.8 < budgets["default"] <= 9 - 0.1
+
+
+def test_the_unbatched_alternative_is_the_fastest_batch1_under_the_bound():
+    def candidate(batch, instances, images_per_s, p99_ms):
+        c = Candidate("layout", "int8", Path("m.onnx"), instances, 2 // instances, batch, True)
+        c.images_per_s, c.p99_ms, c.meets_slo = images_per_s, p99_ms, p99_ms <= 100.0
+        return c
+
+    default = candidate(1, 1, 20.0, 40.0)
+    fast, over = candidate(1, 2, 25.0, 80.0), candidate(1, 2, 30.0, 120.0)
+    batched = candidate(4, 2, 31.0, 90.0)
+    pick = tune_module._unbatched_alternative
+    assert pick([default, fast, over, batched], batched, default) is fast
+    assert pick([default, over, batched], batched, default) is None  # only the default is left
+    assert pick([default, fast, batched], fast, default) is None  # the winner does not batch
 
 
 def test_latency_objective_does_not_batch(models):
