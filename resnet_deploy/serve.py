@@ -381,12 +381,8 @@ class ModelServer:
         return log_cause(text) or fallback
 
     def alive(self) -> bool:
-        """tritonserver is running (Triton itself restarts a stub that dies).
-
-        Not a readiness request: each one makes the Python backend check its stubs' health,
-        and under load that held the model's next request about 500 ms, once or twice a second
-        when polled every second (measured with one client and a near-empty model).
-        """
+        """tritonserver is running: the process, not a request, so that watching the server
+        adds nothing to its queues (a model that fails later answers its clients itself)."""
         return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
