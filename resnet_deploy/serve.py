@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -44,7 +45,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -293,10 +294,7 @@ class ModelServer:
         options = self.options
         parameters = {
             "model_path": str(self.model_path),
-            "provider": resolve_provider(options.provider),
-            "threads": str(options.threads),
-            "spin": "1" if options.spin else "0",
-            "strict_placement": "1" if options.strict_placement else "0",
+            "session": json.dumps(asdict(self._session_config())),
         }
         config = mc.ModelConfig()
         config.CopyFrom(self.served.config)

@@ -28,7 +28,7 @@ from resnet_deploy.images import open_rgb, preprocess
 from resnet_deploy.labels import softmax, top_k
 from resnet_deploy.metadata import ModelMetadata, read_metadata
 from resnet_deploy.onnxfile import load_onnx
-from resnet_deploy.providers import SPINNING, SessionConfig, create_session, input_dtype
+from resnet_deploy.providers import SessionConfig, create_session, input_dtype
 
 IMAGE_INPUT = "image"
 IMAGE_OUTPUTS = ("classes", "class_indices", "probabilities", "error")
@@ -41,15 +41,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         model_path = Path(parameters["model_path"])
-        self.session = create_session(
-            model_path,
-            SessionConfig(
-                provider=parameters["provider"],
-                intra_op_threads=int(parameters["threads"]),
-                session_config_entries={SPINNING: parameters["spin"]},
-                strict_placement=parameters["strict_placement"] == "1",
-            ),
-        )
+        # the SessionConfig `serve` built, so the stub's session is the one it checked
+        session_config = SessionConfig(**json.loads(parameters["session"]))
+        self.session = create_session(model_path, session_config)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.dtype = input_dtype(self.session)
         self.kind = parameters["kind"]
         self.batching = config.get("max_batch_size", 0) > 0
         if self.kind == "image":
@@ -72,8 +69,7 @@ class TritonPythonModel:
 
     def _run_tensors(self, requests: list[Any], pb_utils: Any) -> list[Any]:
         """All requests as one ONNX Runtime run (each may hold several rows), split back."""
-        names = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
+        names, outputs = self.inputs, self.outputs
         feeds = [
             {n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in names} for r in requests
         ]
@@ -111,7 +107,7 @@ class TritonPythonModel:
             except InputError as exc:
                 errors[row, 0] = str(exc).encode()
         if good:
-            batch = np.stack(arrays).astype(input_dtype(self.session))
+            batch = np.stack(arrays).astype(self.dtype)
             logits = run_rows(self.session, self.metadata, batch, self.fixed_batch, self.max_rows)
             for row, scores in zip(good, softmax(logits), strict=True):
                 best = top_k(scores, k)

@@ -45,7 +45,7 @@ from resnet_deploy.cli import main
 from resnet_deploy.errors import ProviderError
 from resnet_deploy.labels import imagenet_classes
 from resnet_deploy.predict import PredictOptions, predict
-from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.providers import SPINNING, SessionConfig, create_session
 from resnet_deploy.serve import (
     ServeOptions,
     check_options,
@@ -541,7 +541,10 @@ def test_repository_carries_the_session_settings(model, tmp_path):
     for config, kind in ((tensor, "tensor"), (image, "image")):
         values = {key: value.string_value for key, value in config.parameters.items()}
         assert values["model_path"] == str(model.resolve()) and values["kind"] == kind
-        assert (values["threads"], values["spin"]) == ("1", "0")  # serve's default: no spinning
+        session = json.loads(values["session"])
+        assert session["intra_op_threads"] == 1
+        assert session["session_config_entries"] == {SPINNING: "0"}  # serve's default
+
         assert config.backend == "python" and not config.platform
         assert config.instance_group[0].count == 2
         assert config.dynamic_batching.default_queue_policy.max_queue_size == 7
@@ -553,4 +556,5 @@ def test_repository_carries_the_session_settings(model, tmp_path):
     assert labels == list(imagenet_classes())
     spinning = ModelServer(model, ServeOptions(spin=True)).write_repository(tmp_path / "spin")
     config = parse_config((spinning / "resnet18" / "config.pbtxt").read_text())
-    assert config.parameters["spin"].string_value == "1"
+    session = json.loads(config.parameters["session"].string_value)
+    assert session["session_config_entries"] == {SPINNING: "1"}
