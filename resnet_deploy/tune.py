@@ -4,8 +4,8 @@ Triton's Model Analyzer searches instance counts and batch sizes but needs a run
 perf_analyzer; Olive tunes ONNX Runtime session settings. Neither guards accuracy or judges the
 result with LoadGen. Here the precisions searched are files that already passed ``optimize``'s
 accuracy guard, every candidate is timed in this process (parallel sessions in threads, as a
-server runs its instances), and the winner and the default are judged by LoadGen's Server
-scenario at the bound before one of them is written out as ``serve`` flags and a Triton config.
+server runs its instances), and the finalists are judged by LoadGen's Server scenario at the
+bound before one of them is written out as ``serve`` flags and a Triton config.
 
 The search prunes instead of trying every combination (minutes, not hours, on a small CPU):
 
@@ -18,8 +18,10 @@ The search prunes instead of trying every combination (minutes, not hours, on a 
    off; on CUDA, instances with and without CUDA graphs instead. The two best go on.
 4. batch: doubling the batch of each while p99 stays under the bound and throughput grows by
    at least MIN_GAIN (throughput objective only; batching only adds latency).
-5. LoadGen: the winner of 1-4, then the default, run LoadGen's Server scenario at the bound
-   as they would be served: each instance a session with its own worker thread, all taking
+5. LoadGen: the finalists, the winner of 1-4, its fastest batch-1 alternative under the bound
+   when the winner batches (a batch waits to fill and holds every sample in it, which a closed
+   loop does not see), and the default, run LoadGen's Server scenario at the bound as they
+   would be served: each instance a session with its own worker thread, all taking
    batches from one queue (as Triton's instances share its dynamic batcher), with the same
    threads, spinning, batch and queue delay. A candidate's p99 is per batch in a closed loop,
    a lower bound on what a server sees; under Poisson arrivals samples queue, and more, slower
@@ -27,14 +29,15 @@ The search prunes instead of trying every combination (minutes, not hours, on a 
    how much load stays VALID: ``bench --find-peak``'s bisection finds each one's highest VALID
    target QPS, in at most PEAK_STEPS LoadGen runs of ``loadgen_s`` and LoadGen's query minimum.
 
-What is written out is the one of the two with the higher VALID target QPS: the user deploys
-under a p99 bound with random arrivals, which LoadGen judges and a closed loop does not. That is
-the winner unless the default's is higher, or only the default had a VALID step (the report
-then says so); ``valid`` is LoadGen's verdict on it, ``gain_vs_default`` stays the closed-loop
-ratio of images/s and ``server_gain_vs_default`` is LoadGen's ratio of target QPS.
+What is written out is the finalist with the highest VALID target QPS: the user deploys under
+a p99 bound with random arrivals, which LoadGen judges and a closed loop does not. That is the
+winner on a tie or when none had a VALID step (the report says so when it is another);
+``valid`` is LoadGen's verdict on it, ``gain_vs_default`` stays the closed-loop ratio of
+images/s and ``server_gain_vs_default`` is LoadGen's ratio of target QPS, the deployed one's
+over the default's.
 
 Half the budget (LOADGEN_SHARE) is kept for stage 5, which also gets what the search left
-unspent: the winner's peak search has half of it, the default's the rest, and no LoadGen run
+unspent: each peak search in turn has an equal share of what is left, and no LoadGen run
 starts that would end past its share.
 """
 

@@ -170,7 +170,8 @@ def leftovers(server: ServedProcess, wait_s: float = 10.0) -> tuple[list[int], l
     deadline = time.monotonic() + wait_s
     while True:
         alive = [pid for pid in server.children if running(pid)]
-        segments = sorted(p for p in server.shm | own_segments(server.pid) if p.exists())
+        own = set(shared_memory_segments(server.pid))
+        segments = sorted(p for p in server.shm | own if p.exists())
         if (not alive and not segments) or time.monotonic() > deadline:
             return alive, segments
         time.sleep(POLL_S)
@@ -224,11 +225,6 @@ def mapped_shm(pid: int) -> set[Path]:
         for line in maps.splitlines()
         if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith(f"{SHM}/")
     }
-
-
-def own_segments(pid: int) -> set[Path]:
-    """The Python backend's regions, which serve names after the process that started Triton."""
-    return set(shared_memory_segments(pid))
 
 
 def running(pid: int) -> bool:

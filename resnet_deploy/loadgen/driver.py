@@ -195,7 +195,7 @@ def _prepare(
         provider = check_options(options.engine)
         for warning in require_target(proto, metadata, provider, name=str(path)):  # or refuses
             progress(f"warning: {warning}")
-        found = _in_process(path, metadata, max_batch, options, progress)
+        found = _in_process(path, metadata, max_batch, options, provider, progress)
     else:
         found = _remote(options.endpoint, metadata, progress)
         fixed = found.fixed_batch
@@ -273,12 +273,12 @@ def _in_process(
     metadata: ModelMetadata,
     max_batch: int,
     options: ScenarioOptions,
+    provider: str,
     progress: Callable[[str], None],
 ) -> _System:
     """The sessions LoadGen's queries run on, one per instance; TensorRT gets one profile for
     batches 1 to the largest, so no engine is rebuilt while LoadGen times."""
     engine = options.engine
-    provider = check_options(engine)
     config = session_config(
         provider,
         engine,
