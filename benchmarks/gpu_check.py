@@ -297,7 +297,7 @@ def count_engine_builds(log_text: str) -> dict[str, Any]:
     """TensorRT engine builds in ONNX Runtime's INFO log; providers.count_engine_builds once
     the GPU branch is merged, else the lines that mention building an engine."""
     try:
-        from resnet_deploy.providers import count_engine_builds as counter
+        from resnet_deploy.runtime.providers import count_engine_builds as counter
     except ImportError:
         counter = None
     mentions = len(re.findall(r"(?im)^.*\bbuil(?:d|t|ding)\b.*\bengine\b.*$", log_text))

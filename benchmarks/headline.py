@@ -25,12 +25,12 @@ from pathlib import Path
 
 from record import write_record
 
-from resnet_deploy.bench import BenchOptions, BenchReport, bench
+from resnet_deploy.check.verify import VerifyOptions, VerifyReport, verify
+from resnet_deploy.convert.export import ExportOptions, export_model
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import ProviderError
-from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.verify import VerifyOptions, VerifyReport, verify
+from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench
 
 # precision -> the providers it is benched on. fp16 is a GPU format: ONNX Runtime's CPU
 # provider runs most of it through casts, which says nothing about fp16.

@@ -26,11 +26,11 @@ from pathlib import Path
 import onnx
 from record import write_record
 
-from resnet_deploy.bench import BenchOptions, bench
+from resnet_deploy.convert.export import ExportOptions, export_model
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
 from resnet_deploy.environment import Environment, describe_environment
-from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.profile import LayerTime, ProfileOptions, ProfileReport, profile_model
+from resnet_deploy.perf.bench import BenchOptions, bench
+from resnet_deploy.perf.profile import LayerTime, ProfileOptions, ProfileReport, profile_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = (1, 8)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from record import write_record
 
-from resnet_deploy.bench import BenchOptions, bench, session_config
-from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.int8target import TARGETS, cpu_flags, has_vnni
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.providers import create_session
+from resnet_deploy.convert.export import ExportOptions, export_model
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
+from resnet_deploy.perf.bench import BenchOptions, bench, session_config
+from resnet_deploy.runtime.int8target import TARGETS, cpu_flags, has_vnni
+from resnet_deploy.runtime.providers import create_session
 
 
 def measure(args: argparse.Namespace, folder: Path) -> tuple[list[dict], list]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_deploy.files import write_text_atomic
-from resnet_deploy.report import to_json
+from resnet_deploy.report.records import to_json
 
 
 def write_record(stem: Path, text: str, record: Any) -> None:

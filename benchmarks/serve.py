@@ -35,13 +35,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from record import write_record
 
-from resnet_deploy.bench import BenchOptions, BenchReport, bench, session_config, time_runs
-from resnet_deploy.bench import summarize as summarize_runs
+from resnet_deploy.convert.export import ExportOptions, export_model
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
 from resnet_deploy.environment import describe_environment
-from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.providers import create_session, resolve_provider
-from resnet_deploy.runners import OrtRunner
+from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench, session_config, time_runs
+from resnet_deploy.perf.bench import summarize as summarize_runs
+from resnet_deploy.runtime.providers import create_session, resolve_provider
+from resnet_deploy.runtime.runners import OrtRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -287,8 +287,8 @@ def served_row(
 
 
 def reference_name(model: Path) -> str:
-    from resnet_deploy.metadata import read_metadata
-    from resnet_deploy.onnxfile import load_onnx
+    from resnet_deploy.model.metadata import read_metadata
+    from resnet_deploy.model.onnxfile import load_onnx
 
     metadata = read_metadata(load_onnx(model))
     return metadata.arch if metadata else model.stem

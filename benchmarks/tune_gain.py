@@ -21,10 +21,10 @@ from pathlib import Path
 
 from record import write_record
 
+from resnet_deploy.convert.export import ExportOptions, export_model
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
 from resnet_deploy.environment import describe_environment
-from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.tune import TuneOptions, TuneReport, format_report, tune
+from resnet_deploy.perf.tune import TuneOptions, TuneReport, format_report, tune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -14,18 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from resnet_deploy.bench import BenchOptions, BenchReport, bench, write_plot
-from resnet_deploy.bench import summary as bench_summary
+from resnet_deploy.check.verify import VerifyOptions, VerifyReport, format_report, verify
+from resnet_deploy.convert.export import ExportOptions, ExportResult, export_model, format_result
+from resnet_deploy.convert.quantize import (
+    GuardFailed,
+    OptimizeOptions,
+    OptimizeResult,
+    optimize_model,
+)
+from resnet_deploy.convert.quantize import format_result as format_optimize
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError
-from resnet_deploy.export import ExportOptions, ExportResult, export_model, format_result
 from resnet_deploy.files import check_output_folder, write_text_atomic
-from resnet_deploy.html_report import PAGE_NAME, render_page
-from resnet_deploy.optimize import GuardFailed, OptimizeOptions, OptimizeResult, optimize_model
-from resnet_deploy.optimize import format_result as format_optimize
-from resnet_deploy.report import to_json, to_record, write_csv
-from resnet_deploy.verify import VerifyOptions, VerifyReport, format_report, verify
-from resnet_deploy.weights import RANDOM, sha256_of
+from resnet_deploy.model.weights import RANDOM, sha256_of
+from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench, write_plot
+from resnet_deploy.perf.bench import summary as bench_summary
+from resnet_deploy.report.page import PAGE_NAME, render_page
+from resnet_deploy.report.records import to_json, to_record, write_csv
 
 DEFAULT_FOLDER = Path("resnet-deploy-run")
 

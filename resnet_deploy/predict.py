@@ -15,14 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_deploy.data.images import list_images, load_image
 from resnet_deploy.errors import InputError
-from resnet_deploy.images import list_images, load_image
-from resnet_deploy.labels import ClassScore, imagenet_classes, softmax, top_k
-from resnet_deploy.memory import activation_bytes, check_fits, input_bytes
-from resnet_deploy.metadata import ModelMetadata
-from resnet_deploy.onnxfile import load_with_metadata
-from resnet_deploy.providers import SessionConfig, create_session, input_dtype, resolve_provider
-from resnet_deploy.report import format_table
+from resnet_deploy.model.labels import ClassScore, imagenet_classes, softmax, top_k
+from resnet_deploy.model.metadata import ModelMetadata
+from resnet_deploy.model.onnxfile import load_with_metadata
+from resnet_deploy.report.records import format_table
+from resnet_deploy.runtime.memory import activation_bytes, check_fits, input_bytes
+from resnet_deploy.runtime.providers import (
+    SessionConfig,
+    create_session,
+    input_dtype,
+    resolve_provider,
+)
 
 DEFAULT_BATCH_SIZE = 8
 GLOB_CHARACTERS = frozenset("*?[")

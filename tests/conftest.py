@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnet_deploy.convert.export import ExportOptions, ExportResult, export_model
 from resnet_deploy.environment import gpus
-from resnet_deploy.export import ExportOptions, ExportResult, export_model
 
 # Measured on this project's reference CPU: ONNX Runtime against eager PyTorch, random weights
 # (logits of std ~1, |max| ~5), ResNet50 both variants, batches 1-8: max |diff| <= 8e-5. These

@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_deploy.serve import shared_memory_segments
+from resnet_deploy.serving.server import shared_memory_segments
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # two cores shared with other work: loading can take a while

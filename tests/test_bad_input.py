@@ -12,9 +12,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from resnet_deploy.errors import CheckpointError, InputError
-from resnet_deploy.model import build_model
-from resnet_deploy.onnxfile import load_onnx
-from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.model.onnxfile import load_onnx
+from resnet_deploy.model.resnet import build_model
+from resnet_deploy.runtime.providers import SessionConfig, create_session
 
 # --- checkpoints -------------------------------------------------------------------------
 

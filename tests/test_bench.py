@@ -11,18 +11,18 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-import resnet_deploy.bench as bench_module
-from resnet_deploy.bench import BenchOptions, bench, check_options
+import resnet_deploy.perf.bench as bench_module
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
-from resnet_deploy.providers import (
+from resnet_deploy.perf.bench import BenchOptions, bench, check_options
+from resnet_deploy.runtime.providers import (
     SessionConfig,
     create_session,
     cuda_provider_options,
     input_dtype,
     tensorrt_provider_options,
 )
-from resnet_deploy.runners import OrtRunner
+from resnet_deploy.runtime.runners import OrtRunner
 
 QUICK = {"warmup_runs": 1, "iterations": 3}
 

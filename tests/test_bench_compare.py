@@ -10,10 +10,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from resnet_deploy.bench import BenchOptions, bench, summary
 from resnet_deploy.cli import main
-from resnet_deploy.contention import BUSY_SHARE, Contention, CpuMonitor
 from resnet_deploy.errors import InputError
+from resnet_deploy.perf.bench import BenchOptions, bench, summary
+from resnet_deploy.perf.contention import BUSY_SHARE, Contention, CpuMonitor
 
 QUICK = {"batch_sizes": (1,), "warmup_runs": 1, "iterations": 3}
 SPIN_S = 60  # the background load's own limit, should the test die before stopping it

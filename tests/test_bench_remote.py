@@ -18,10 +18,10 @@ from PIL import Image
 from serving import ServedProcess, free_ports, running_server
 
 from resnet_deploy.cli import main
-from resnet_deploy.endpoint import EndpointOptions, ModelClient, connect
-from resnet_deploy.images import load_batch
-from resnet_deploy.loadgen import ScenarioOptions, run_scenario
-from resnet_deploy.providers import SessionConfig, create_session
+from resnet_deploy.data.images import load_batch
+from resnet_deploy.perf.loadgen import ScenarioOptions, run_scenario
+from resnet_deploy.runtime.providers import SessionConfig, create_session
+from resnet_deploy.serving.client import EndpointOptions, ModelClient, connect
 from tests.conftest import ATOL, RTOL
 
 pytest.importorskip("pytriton")
@@ -192,7 +192,7 @@ class ListingClient:
     ],
 )
 def test_only_model_needs_exactly_one_tensor_model(names: list[str], found: str | None) -> None:
-    from resnet_deploy.endpoint import _only_model
+    from resnet_deploy.serving.client import _only_model
 
     options = EndpointOptions(url="http://127.0.0.1:1")
     if found is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import resnet_deploy.export as export_module
+import resnet_deploy.convert.export as export_module
 from resnet_deploy import __version__
 from resnet_deploy.cli import main
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet_deploy.endpoint import EndpointOptions, _describe, parse_url
 from resnet_deploy.errors import InputError
+from resnet_deploy.serving.client import EndpointOptions, _describe, parse_url
 
 SERVER = {"name": "triton", "version": "2.51.0"}
 

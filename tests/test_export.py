@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import resnet_deploy.export as export_module
+import resnet_deploy.convert.export as export_module
+from resnet_deploy.convert.export import ExportOptions, export_model
 from resnet_deploy.errors import InputError, OutputError
-from resnet_deploy.export import ExportOptions, export_model
-from resnet_deploy.metadata import read_metadata
-from resnet_deploy.model import build_model
+from resnet_deploy.model.metadata import read_metadata
+from resnet_deploy.model.resnet import build_model
 from tests.conftest import ATOL, RTOL, images
 
 

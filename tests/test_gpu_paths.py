@@ -15,15 +15,18 @@ import torch
 from click.testing import CliRunner
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from resnet_deploy.bench import BenchOptions, eager_runner, session_config
+from resnet_deploy.check.compare import Tolerance
+from resnet_deploy.check.verify import VerifyOptions, onnxruntime_tf32, tf32_in_use
+from resnet_deploy.check.verify import session_config as verify_config
 from resnet_deploy.cli import main
-from resnet_deploy.compare import Tolerance
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
 from resnet_deploy.errors import InputError, ProviderError
-from resnet_deploy.metadata import read_metadata, write_metadata
-from resnet_deploy.onnxfile import load_onnx, load_with_metadata
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.placement import PlacementError, check_placement, node_placement
-from resnet_deploy.providers import (
+from resnet_deploy.model.metadata import read_metadata, write_metadata
+from resnet_deploy.model.onnxfile import load_onnx, load_with_metadata
+from resnet_deploy.model.weights import sha256_of
+from resnet_deploy.perf.bench import BenchOptions, eager_runner, session_config
+from resnet_deploy.runtime.placement import PlacementError, check_placement, node_placement
+from resnet_deploy.runtime.providers import (
     CPU,
     CUDA,
     ENGINE_BUILD_LOG,
@@ -35,10 +38,7 @@ from resnet_deploy.providers import (
     tensorrt_build_note,
     trt_profile,
 )
-from resnet_deploy.runners import torch_tf32
-from resnet_deploy.verify import VerifyOptions, onnxruntime_tf32, tf32_in_use
-from resnet_deploy.verify import session_config as verify_config
-from resnet_deploy.weights import sha256_of
+from resnet_deploy.runtime.runners import torch_tf32
 
 EP_FAIL = "[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine from network."
 

@@ -27,8 +27,8 @@ from resnet_deploy import cli as cli_module
 from resnet_deploy.cli import Number, main
 from resnet_deploy.errors import CheckpointError, InputError, OutputError
 from resnet_deploy.files import atomic_output, check_output_path, check_outputs
-from resnet_deploy.metadata import ModelMetadata, read_metadata
-from resnet_deploy.model import build_model
+from resnet_deploy.model.metadata import ModelMetadata, read_metadata
+from resnet_deploy.model.resnet import build_model
 
 
 def digest(path: Path) -> str:
@@ -514,7 +514,7 @@ def test_zero_scenario_values_reach_the_library(files, monkeypatch) -> None:
         seen["options"] = options
         raise InputError("stop here")
 
-    monkeypatch.setattr("resnet_deploy.loadgen.run_scenario", capture)
+    monkeypatch.setattr("resnet_deploy.perf.loadgen.run_scenario", capture)
     invoke("bench", files["model"], "--scenario", "server", "--batch-timeout-ms", "0")
     assert seen["options"].batch_timeout_ms == 0.0
     result = invoke("bench", files["model"], "--scenario", "server", "--target-qps", "0")
@@ -525,7 +525,7 @@ def test_an_empty_inputs_folder_fails_before_any_session(files, tmp_path, monkey
     def no_session(*args, **kwargs):
         raise AssertionError("a session was built before the cheap checks")
 
-    monkeypatch.setattr("resnet_deploy.verify.create_session", no_session)
+    monkeypatch.setattr("resnet_deploy.check.verify.create_session", no_session)
     result = invoke("verify", files["model"], "--inputs", tmp_path)
     assert "no image files" in one_line_error(result)
     objects = tmp_path / "objects.npy"

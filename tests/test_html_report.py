@@ -19,13 +19,13 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 from PIL import Image
 
-import resnet_deploy.export as export_module
+import resnet_deploy.convert.export as export_module
 from resnet_deploy.cli import main
-from resnet_deploy.html_report import write_page
+from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.pipeline import RunOptions, run_pipeline
-from resnet_deploy.report import format_cell
-from resnet_deploy.svg import Axis, Chart, Style, linear_axis, log_axis, nice_step
-from resnet_deploy.weights import sha256_of
+from resnet_deploy.report.page import write_page
+from resnet_deploy.report.records import format_cell
+from resnet_deploy.report.svg import Axis, Chart, Style, linear_axis, log_axis, nice_step
 from tests.test_pipeline import tampered
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}

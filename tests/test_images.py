@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_deploy.data.images import list_images, load_batch, load_image
 from resnet_deploy.errors import InputError
-from resnet_deploy.images import list_images, load_batch, load_image
-from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_STD
+from resnet_deploy.model.metadata import IMAGENET_MEAN, IMAGENET_STD
 
 RED, BLUE = (220, 20, 60), (30, 60, 200)
 

@@ -16,15 +16,15 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from resnet_deploy import int8target
-from resnet_deploy.bench import BenchOptions, bench
+from resnet_deploy.check.verify import VerifyOptions, verify
 from resnet_deploy.cli import main
+from resnet_deploy.convert.quantize import OptimizeOptions, OptimizeResult, optimize_model
 from resnet_deploy.errors import InputError
-from resnet_deploy.int8target import check_target, cpu_flags, file_target, require_target
-from resnet_deploy.metadata import read_metadata
-from resnet_deploy.optimize import OptimizeOptions, OptimizeResult, optimize_model
-from resnet_deploy.triton import TritonOptions, write_model_repository
-from resnet_deploy.verify import VerifyOptions, verify
+from resnet_deploy.model.metadata import read_metadata
+from resnet_deploy.perf.bench import BenchOptions, bench
+from resnet_deploy.runtime import int8target
+from resnet_deploy.runtime.int8target import check_target, cpu_flags, file_target, require_target
+from resnet_deploy.serving.repository import TritonOptions, write_model_repository
 
 NO_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
 WITH_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_vnni\n"

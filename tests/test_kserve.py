@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_deploy.triton import TritonOptions, kserve_manifest, write_model_repository
+from resnet_deploy.serving.repository import TritonOptions, kserve_manifest, write_model_repository
 
 
 def fields(text: str) -> dict[str, str]:

@@ -18,23 +18,23 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import resnet_deploy.loadgen.driver as loadgen_module
-from resnet_deploy.bench import BenchOptions
+import resnet_deploy.perf.loadgen.driver as loadgen_module
 from resnet_deploy.cli import main
-from resnet_deploy.endpoint import EndpointOptions
+from resnet_deploy.data.images import load_batch
 from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.images import load_batch
-from resnet_deploy.loadgen import (
+from resnet_deploy.perf.bench import BenchOptions
+from resnet_deploy.perf.loadgen import (
     ScenarioOptions,
     check_scenario_options,
     format_result,
     run_scenario,
 )
-from resnet_deploy.loadgen.samples import Preprocessing, SampleLibrary
-from resnet_deploy.loadgen.sut import BatchingSut
-from resnet_deploy.mlperf_logs import parse_summary
-from resnet_deploy.providers import SessionConfig, create_session
-from resnet_deploy.runners import OrtRunner
+from resnet_deploy.perf.loadgen.logs import parse_summary
+from resnet_deploy.perf.loadgen.samples import Preprocessing, SampleLibrary
+from resnet_deploy.perf.loadgen.sut import BatchingSut
+from resnet_deploy.runtime.providers import SessionConfig, create_session
+from resnet_deploy.runtime.runners import OrtRunner
+from resnet_deploy.serving.client import EndpointOptions
 
 pytest.importorskip("mlperf_loadgen")
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from resnet_deploy.errors import InputError
-from resnet_deploy.metadata import ARCHS
-from resnet_deploy.model import build_model, create_resnet, resnet50
+from resnet_deploy.model.metadata import ARCHS
+from resnet_deploy.model.resnet import build_model, create_resnet, resnet50
 from tests.conftest import images
 from tests.tutorial_oracle import tutorial_forward
 

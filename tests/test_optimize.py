@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from resnet_deploy.bench import BenchOptions, bench
 from resnet_deploy.cli import main
+from resnet_deploy.convert.quantize import OptimizeOptions, format_result, optimize_model
 from resnet_deploy.environment import gpus
 from resnet_deploy.errors import InputError, NumericsError
-from resnet_deploy.metadata import read_metadata
-from resnet_deploy.optimize import OptimizeOptions, format_result, optimize_model
+from resnet_deploy.model.metadata import read_metadata
+from resnet_deploy.perf.bench import BenchOptions, bench
 
 
 @pytest.fixture(scope="module")

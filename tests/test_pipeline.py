@@ -8,7 +8,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-import resnet_deploy.export as export_module
+import resnet_deploy.convert.export as export_module
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
 from resnet_deploy.pipeline import RunOptions, run_pipeline

@@ -11,11 +11,11 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from resnet_deploy.cli import main
+from resnet_deploy.data.images import load_image
 from resnet_deploy.errors import InputError
-from resnet_deploy.images import load_image
-from resnet_deploy.labels import imagenet_classes, softmax
-from resnet_deploy.model import rebuild_model
-from resnet_deploy.onnxfile import load_with_metadata
+from resnet_deploy.model.labels import imagenet_classes, softmax
+from resnet_deploy.model.onnxfile import load_with_metadata
+from resnet_deploy.model.resnet import rebuild_model
 from resnet_deploy.predict import PredictOptions, predict
 
 GOOD = ("noise.jpg", "gradient.png", "grey.png", "sub/alpha.png", "wide.bmp")

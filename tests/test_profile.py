@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from onnx import helper
 
 from resnet_deploy.cli import main
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.profile import ProfileOptions, check_graph, layer_names, profile_model
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
+from resnet_deploy.perf.profile import ProfileOptions, check_graph, layer_names, profile_model
 
 QUICK = {"runs": 2, "warmup_runs": 1}
 

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from resnet_deploy.images import load_image, preprocess
-from resnet_deploy.metadata import IMAGENET_MEAN, IMAGENET_STD
-from resnet_deploy.model import create_resnet
-from resnet_deploy.weights import WRAPPER_KEYS, WRAPPER_PREFIXES, normalize_state_dict
+from resnet_deploy.data.images import load_image, preprocess
+from resnet_deploy.model.metadata import IMAGENET_MEAN, IMAGENET_STD
+from resnet_deploy.model.resnet import create_resnet
+from resnet_deploy.model.weights import WRAPPER_KEYS, WRAPPER_PREFIXES, normalize_state_dict
 
 MEAN, STD = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
 colours = st.tuples(*[st.integers(0, 255)] * 3)

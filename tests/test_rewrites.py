@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from resnet_deploy.providers import SessionConfig, create_session
-from resnet_deploy.rewrites import STEM_CHANNELS, STEM_PAD, exact_rewrites
+from resnet_deploy.convert.rewrites import STEM_CHANNELS, STEM_PAD, exact_rewrites
+from resnet_deploy.runtime.providers import SessionConfig, create_session
 
 
 def run(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:

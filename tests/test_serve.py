@@ -43,18 +43,18 @@ pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)
 
 from resnet_deploy.cli import main
 from resnet_deploy.errors import ProviderError
-from resnet_deploy.labels import imagenet_classes
+from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.predict import PredictOptions, predict
-from resnet_deploy.providers import SPINNING, SessionConfig, create_session
-from resnet_deploy.serve import (
+from resnet_deploy.runtime.providers import SPINNING, SessionConfig, create_session
+from resnet_deploy.serving.backend import decode_image
+from resnet_deploy.serving.repository import TritonOptions, parse_config, write_model_repository
+from resnet_deploy.serving.server import (
     ServeOptions,
     check_options,
     log_cause,
     tritonserver_environment,
     tritonserver_files,
 )
-from resnet_deploy.triton import TritonOptions, parse_config, write_model_repository
-from resnet_deploy.triton_backend import decode_image
 
 ATOL = 1e-4  # the same ONNX Runtime on the same inputs; batching may change summation order
 CLIENT_TIMEOUT_S = 60.0
@@ -532,7 +532,7 @@ def test_sigterm_while_starting_stops_cleanly(model):
 
 def test_repository_carries_the_session_settings(model, tmp_path):
     """What each stub is told: the file, its session settings, its kind, Triton's batching."""
-    from resnet_deploy.serve import ModelServer
+    from resnet_deploy.serving.server import ModelServer
 
     options = ServeOptions(threads=1, instances=2, max_queue_size=7, top_k=3)
     repo = ModelServer(model, options).write_repository(tmp_path / "models")
@@ -549,7 +549,7 @@ def test_repository_carries_the_session_settings(model, tmp_path):
         assert config.instance_group[0].count == 2
         assert config.dynamic_batching.default_queue_policy.max_queue_size == 7
         source = (repo / config.name / "1" / "model.py").read_text()
-        assert "from resnet_deploy.triton_backend import TritonPythonModel" in source
+        assert "from resnet_deploy.serving.backend import TritonPythonModel" in source
     assert [o.name for o in image.output] == ["classes", "class_indices", "probabilities", "error"]
     assert list(image.output[0].dims) == [3] and image.max_batch_size == tensor.max_batch_size
     labels = (repo / "resnet18" / "labels.txt").read_text().splitlines()

@@ -10,12 +10,12 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-import resnet_deploy.triton as triton_module
+import resnet_deploy.serving.repository as triton_module
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
-from resnet_deploy.labels import imagenet_classes
-from resnet_deploy.providers import SessionConfig, create_session
-from resnet_deploy.triton import TritonOptions, parse_config, write_model_repository
+from resnet_deploy.model.labels import imagenet_classes
+from resnet_deploy.runtime.providers import SessionConfig, create_session
+from resnet_deploy.serving.repository import TritonOptions, parse_config, write_model_repository
 
 
 def tiny_model(path: Path, classes: int = 1000) -> Path:

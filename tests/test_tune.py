@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-import resnet_deploy.tune as tune_module
+import resnet_deploy.perf.tune as tune_module
 from resnet_deploy.cli import main
-from resnet_deploy.optimize import OptimizeOptions, optimize_model
-from resnet_deploy.triton import parse_config
-from resnet_deploy.tune import Candidate, TuneOptions, tune
+from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
+from resnet_deploy.perf.tune import Candidate, TuneOptions, tune
+from resnet_deploy.serving.repository import parse_config
 
 pytest.importorskip("mlperf_loadgen")
 LOOSE = {"slo_p99_ms": 60_000.0, "budget_s": 12.0, "loadgen_s": 1.0, "loadgen_min_queries": 8}

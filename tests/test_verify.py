@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from onnx import helper, numpy_helper
 from PIL import Image
 
+from resnet_deploy.check.compare import Tolerance, compare_outputs
+from resnet_deploy.check.verify import VerifyOptions, session_config, verify
 from resnet_deploy.cli import main
-from resnet_deploy.compare import Tolerance, compare_outputs
 from resnet_deploy.errors import InputError
-from resnet_deploy.metadata import read_metadata, write_metadata
-from resnet_deploy.verify import VerifyOptions, session_config, verify
+from resnet_deploy.model.metadata import read_metadata, write_metadata
 from tests.conftest import ATOL
 
 FAST = {"samples": 1, "batch_sizes": (1,)}  # one image: enough to see a tampered model

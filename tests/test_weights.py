@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from resnet_deploy.errors import CheckpointError
-from resnet_deploy.model import build_model
+from resnet_deploy.model.resnet import build_model
 from tests.conftest import images
 
 

@@ -1,7 +1,7 @@
 """An independent reference for the ``seed`` variant: the tutorial's ResNet50 forward pass,
 written as plain functions over a state dict with the tutorial's own key names.
 
-It shares no code with ``resnet_deploy.model`` (no modules, no block classes), so a test that
+It shares no code with ``resnet_deploy.model.resnet`` (no modules, no block classes), so a test that
 finds both bit-identical checks our model against the tutorial's graph itself: the stride on
 each stage's first 1x1 conv, a ReLU after the last BatchNorm *before* the residual add, a
 1x1 conv + BatchNorm shortcut opening each stage, and ``AvgPool2d(7)`` over a 7x7 map.

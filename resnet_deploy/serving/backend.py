@@ -1,0 +1,160 @@
+"""The model as Triton's Python backend runs it: one ``TritonPythonModel`` per instance.
+
+`serve` writes a model repository whose ``model.py`` only imports this class, so each model
+instance is a Triton Python-backend stub process holding its own ONNX Runtime session. A batch
+goes from Triton's dynamic batcher to the session through the stub's shared memory and nothing
+else: no second process and no proxy, which is what keeps the serving overhead a few
+milliseconds on a small CPU (PyTriton's proxy cost about 7 ms a request here; see the README).
+
+Everything the instance needs comes from its config's ``parameters``: the ONNX file, the session
+settings, and ``kind``: ``tensor`` (the model's own tensors) or ``image`` (encoded image bytes
+in, top-k classes out, one ``error`` string a row so that one client's bad file does not fail
+the others batched with it). The stub imports this module, so it stays free of torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from resnet_deploy.data.images import open_rgb, preprocess
+from resnet_deploy.errors import InputError
+from resnet_deploy.model.labels import softmax, top_k
+from resnet_deploy.model.metadata import ModelMetadata, read_metadata
+from resnet_deploy.model.onnxfile import load_onnx
+from resnet_deploy.runtime.providers import SessionConfig, create_session, input_dtype
+
+IMAGE_INPUT = "image"
+IMAGE_OUTPUTS = ("classes", "class_indices", "probabilities", "error")
+
+
+class TritonPythonModel:
+    """Triton calls ``initialize`` once per instance, then ``execute`` with each batch."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        model_path = Path(parameters["model_path"])
+        # the SessionConfig `serve` built, so the stub's session is the one it checked
+        session_config = SessionConfig(**json.loads(parameters["session"]))
+        self.session = create_session(model_path, session_config)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.dtype = input_dtype(self.session)
+        self.kind = parameters["kind"]
+        self.batching = config.get("max_batch_size", 0) > 0
+        if self.kind == "image":
+            self.metadata = read_metadata(load_onnx(model_path), model_path)
+            self.top_k = int(parameters["top_k"])
+            fixed = int(parameters["fixed_batch"])
+            self.fixed_batch = fixed or None
+            self.max_rows = int(parameters["max_rows"])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils
+
+        try:
+            if self.kind == "image":
+                return self._classify(requests, pb_utils)
+            return self._run_tensors(requests, pb_utils)
+        except Exception as exc:  # a failed batch fails its requests, never the instance
+            error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+
+    def _run_tensors(self, requests: list[Any], pb_utils: Any) -> list[Any]:
+        """All requests as one ONNX Runtime run (each may hold several rows), split back."""
+        names, outputs = self.inputs, self.outputs
+        feeds = [
+            {n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in names} for r in requests
+        ]
+        if not self.batching:  # a fixed-batch model: Triton forms no batches
+            results = [self.session.run(outputs, feed) for feed in feeds]
+        else:
+            rows = np.cumsum([len(feed[names[0]]) for feed in feeds])[:-1]
+            joined = {n: np.concatenate([feed[n] for feed in feeds]) for n in names}
+            ran = self.session.run(outputs, joined)
+            results = list(zip(*(np.split(array, rows) for array in ran), strict=True))
+        return [
+            pb_utils.InferenceResponse(
+                [
+                    pb_utils.Tensor(n, np.ascontiguousarray(a))
+                    for n, a in zip(outputs, r, strict=True)
+                ]
+            )
+            for r in results
+        ]
+
+    def _classify(self, requests: list[Any], pb_utils: Any) -> list[Any]:
+        """Every row of every request decoded on its own; the good ones run together."""
+        payloads = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy() for r in requests]
+        rows = [bytes(data) for payload in payloads for data in payload.reshape(-1)]
+        k = self.top_k
+        errors = np.full((len(rows), 1), b"", dtype=object)
+        classes = np.full((len(rows), k), b"", dtype=object)
+        indices = np.zeros((len(rows), k), np.int64)
+        probabilities = np.zeros((len(rows), k), np.float32)
+        arrays, good = [], []
+        for row, data in enumerate(rows):
+            try:
+                arrays.append(decode_image(data, self.metadata))
+                good.append(row)
+            except InputError as exc:
+                errors[row, 0] = str(exc).encode()
+        if good:
+            batch = np.stack(arrays).astype(self.dtype)
+            logits = run_rows(self.session, self.metadata, batch, self.fixed_batch, self.max_rows)
+            for row, scores in zip(good, softmax(logits), strict=True):
+                best = top_k(scores, k)
+                classes[row] = [score.class_name.encode() for score in best]
+                indices[row] = [score.class_index for score in best]
+                probabilities[row] = [score.probability for score in best]
+        responses, start = [], 0
+        for payload in payloads:
+            end = start + payload.size
+            tensors = zip(IMAGE_OUTPUTS, (classes, indices, probabilities, errors), strict=True)
+            responses.append(
+                pb_utils.InferenceResponse([pb_utils.Tensor(n, a[start:end]) for n, a in tensors])
+            )
+            start = end
+        return responses
+
+
+def decode_image(data: bytes, metadata: ModelMetadata) -> np.ndarray:
+    """One encoded image as the model's input row, with the preprocessing it was exported with."""
+    if not data:
+        raise InputError("image: empty payload, expected encoded image bytes (JPEG, PNG, ...)")
+    try:
+        image = open_rgb(io.BytesIO(data), "image")
+    except InputError as exc:
+        # Pillow names the buffer object in its message; say what the client sent instead.
+        message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+        raise InputError(f"{message} ({len(data)} bytes, first {data[:8]!r})") from None
+    return preprocess(image, metadata.image_size, metadata.mean, metadata.std)
+
+
+def run_rows(
+    session: ort.InferenceSession,
+    metadata: ModelMetadata,
+    rows: np.ndarray,
+    fixed_batch: int | None,
+    max_rows: int,
+) -> np.ndarray:
+    """Logits for every row, in runs the model accepts (a fixed batch is padded with zeros)."""
+    size = fixed_batch or max_rows
+    results = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        if fixed_batch and len(chunk) < fixed_batch:
+            filler = np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
+            padded = np.concatenate([chunk, filler])
+        else:
+            padded = chunk
+        logits = session.run([metadata.output_name], {metadata.input_name: padded})[0]
+        results.append(logits[: len(chunk)])
+    return np.concatenate(results)

@@ -1,0 +1,663 @@
+"""`serve`: the model behind a real Triton Inference Server.
+
+NVIDIA's own ``tritonserver`` (the build the ``nvidia-pytriton`` wheel ships, with its Python
+backend) runs as a child process on a model repository written for the run. Each model instance
+is a Python-backend stub process holding its own ONNX Runtime session (``triton_backend``), so
+clients speak KServe v2 (HTTP and gRPC) to the same scheduler, dynamic batcher, queue policy and
+error handling that a production Triton has, and a batch reaches ONNX Runtime through the stub's
+shared memory alone. PyTriton's own way, binding a function in this process behind a proxy, cost
+about 7 ms more a request on this project's 2-core CPU, more than the whole serving budget.
+
+Two models are served:
+
+- ``<name>``: the ONNX model's own tensors, with the name, data types and dims that `triton`
+  writes for the same file (both come from ``triton.build_config``), so one client works
+  against this server and against a Triton serving the repository.
+- ``<name>_image``: encoded image bytes in (one image a batch row), the model's recorded
+  preprocessing done in the stub, the top-k class names and probabilities out, and an ``error``
+  output a row: empty when the image was classified, else the reason, so one client's bad file
+  does not fail the rows batched with it.
+
+What the Triton build leaves to its user is handled here: the stub loads ``libpython3.X.so``
+by soname, so an interpreter built elsewhere (pyenv, conda) gets the system's library unless
+its own LIBDIR comes first on the loader path; ``/v2/health/ready`` answers before the models
+are loaded, so readiness is each model's own endpoint; and both SIGINT and SIGTERM end in the
+same drain: Triton stops taking requests, finishes those in flight, then exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from resnet_deploy.errors import InputError, ResnetDeployError
+from resnet_deploy.model.labels import imagenet_classes
+from resnet_deploy.model.metadata import ModelMetadata, read_metadata
+from resnet_deploy.model.onnxfile import load_onnx
+from resnet_deploy.runtime.int8target import require_target
+from resnet_deploy.runtime.placement import check_placement
+from resnet_deploy.runtime.providers import (
+    SPINNING,
+    SessionConfig,
+    create_session,
+    resolve_provider,
+)
+from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS
+from resnet_deploy.serving.repository import (
+    LABELS_FILE,
+    TritonOptions,
+    build_config,
+    labelled_outputs,
+    labels_file_text,
+    model_name,
+    render_config,
+    resolve_batching,
+    tensor_specs,
+)
+
+IMAGE_SUFFIX = "_image"
+DEFAULT_MAX_QUEUE_SIZE = 128
+DEFAULT_TOP_K = 5
+SHM_DIR = Path("/dev/shm")
+POLL_S = 0.2
+STOP_MARGIN_S = 30.0  # beyond the drain: unloading the models and their stubs
+
+
+class ServeError(ResnetDeployError):
+    """The server could not start or stopped on its own; the message gives the cause."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    name: str | None = None  # None: as `triton` names it (metadata's arch, else the file's stem)
+    provider: str = "cpu"
+    host: str = "127.0.0.1"  # loopback unless another address is asked for
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch_size: int | None = None  # None: as `triton` (32, or 0 for a fixed-batch model)
+    max_queue_delay_us: int = 100
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # requests waiting per model; 0: unbounded
+    instances: int = 1  # model instances, each with its own ONNX Runtime session
+    threads: int = 0  # intra-op threads per session; 0: ONNX Runtime's default
+    # ONNX Runtime's idle threads spin by default; in a server that keeps Triton's own threads
+    # off the cores, and Triton's dynamic batcher with a bounded queue then often misses the
+    # moment its instance is free again and sleeps its 500 ms timeout (see the README)
+    spin: bool = False
+    top_k: int = DEFAULT_TOP_K  # classes the image model returns
+    image_model: bool = True
+    startup_timeout_s: float = 120.0
+    # Triton's exit timeout: how long in-flight requests and open HTTP connections may hold
+    # the shutdown (Triton's own default is 30 s, Kubernetes' whole grace period)
+    drain_timeout_s: int = 20
+    strict_placement: bool = False  # refuse to start when compute nodes land on the CPU
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+    model_name: str
+    image_model_name: str | None  # None when the model has no resnet-deploy metadata
+
+
+@dataclass
+class ServeResult:
+    model: Path
+    endpoints: Endpoints
+    provider: str
+    max_batch_size: int
+    max_queue_size: int
+    instances: int
+    startup_s: float
+    uptime_s: float
+    stopped_by: str  # "SIGINT", "SIGTERM", or why the server stopped on its own
+    notes: list[str] = field(default_factory=list)
+
+
+def check_options(options: ServeOptions) -> None:
+    """Every check that needs no model and no server."""
+    ports = {
+        "--http-port": options.http_port,
+        "--grpc-port": options.grpc_port,
+        "--metrics-port": options.metrics_port,
+    }
+    for flag, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise InputError(f"{flag} must be between 1 and 65535, got {port}")
+    if len(set(ports.values())) != len(ports):
+        raise InputError(f"the HTTP, gRPC and metrics ports must differ, got {ports}")
+    if options.max_batch_size is not None and options.max_batch_size < 0:
+        raise InputError(f"--max-batch-size must be 0 or more, got {options.max_batch_size}")
+    if options.max_queue_delay_us < 0:
+        raise InputError(
+            f"--max-queue-delay-us must be 0 or more, got {options.max_queue_delay_us}"
+        )
+    if options.max_queue_size < 0:
+        raise InputError(f"--max-queue-size must be 0 or more, got {options.max_queue_size}")
+    if options.instances < 1:
+        raise InputError(f"--instances must be at least 1, got {options.instances}")
+    if options.threads < 0:
+        raise InputError(f"--threads must be 0 or more, got {options.threads}")
+    if options.drain_timeout_s < 1:
+        raise InputError(f"--drain-timeout-s must be at least 1, got {options.drain_timeout_s}")
+    if not 1 <= options.top_k <= len(imagenet_classes()):
+        raise InputError(f"--top must be between 1 and {len(imagenet_classes())}")
+    resolve_provider(options.provider)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What Triton is told about one model, derived from `triton`'s ModelConfig."""
+
+    config: mc.ModelConfig
+    metadata: ModelMetadata | None
+    fixed_batch: int | None  # the ONNX batch when it is not dynamic
+    warnings: tuple[str, ...] = ()  # e.g. an int8 file made for CPUs with VNNI
+
+
+def served_model(model_path: Path, options: ServeOptions) -> ServedModel:
+    """The config `triton` would write for this file, with serve's batching options."""
+    model = load_onnx(model_path)
+    metadata = read_metadata(model, model_path)
+    provider = resolve_provider(options.provider)
+    warnings = require_target(model, metadata, provider, name=str(model_path))  # or refuses
+    name = model_name(model_path, metadata, options.name)
+    inputs, outputs = tensor_specs(model)
+    triton_options = TritonOptions(
+        repo=Path("."),
+        max_batch_size=options.max_batch_size,
+        max_queue_delay_us=options.max_queue_delay_us,
+        instances=options.instances,
+        kind="cpu",
+        warmup=False,
+    )
+    max_batch, preferred = resolve_batching(triton_options, inputs, outputs)
+    labelled = labelled_outputs(outputs)
+    config = build_config(name, inputs, outputs, triton_options, max_batch, preferred, labelled)
+    first = inputs[0].shape[0] if inputs and inputs[0].shape else -1
+    return ServedModel(config, metadata, None if first == -1 else first, tuple(warnings))
+
+
+class ModelServer:
+    """Triton with the model (and its image model) loaded; ``stop`` drains and cleans up.
+
+    Used as a context manager, or ``start`` then ``stop``. ``start`` returns only once both
+    models answer ready, or raises a ServeError with the cause.
+    """
+
+    def __init__(self, model_path: Path, options: ServeOptions = ServeOptions()) -> None:
+        check_options(options)
+        self.model_path = Path(model_path).resolve()
+        self.options = options
+        self.served = served_model(self.model_path, options)
+        self.notes: list[str] = list(self.served.warnings)
+        self.startup_s = 0.0
+        self._process: subprocess.Popen | None = None
+        self._folder: Path | None = None
+        self._started_at = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.served.config.name
+
+    @property
+    def endpoints(self) -> Endpoints:
+        host = self.options.host
+        host = f"[{host}]" if ":" in host else host
+        image = self.name + IMAGE_SUFFIX if self._serves_images() else None
+        return Endpoints(
+            http_url=f"http://{host}:{self.options.http_port}",
+            grpc_url=f"grpc://{host}:{self.options.grpc_port}",
+            metrics_url=f"http://{host}:{self.options.metrics_port}/metrics",
+            model_name=self.name,
+            image_model_name=image,
+        )
+
+    def _serves_images(self) -> bool:
+        return self.options.image_model and self.served.metadata is not None
+
+    def __enter__(self) -> ModelServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(
+        self,
+        progress: Callable[[str], None] = lambda step: None,
+        cancel: threading.Event | None = None,
+    ) -> Endpoints:
+        """Start and wait for readiness; ``cancel`` set meanwhile stops it (KeyboardInterrupt)."""
+        started = time.perf_counter()
+        engine = tritonserver_files()
+        check_ports_free(self.options)
+        # One session here first: a file ONNX Runtime cannot load or a provider that is not
+        # there is the user's one-line error now, not a traceback in Triton's log later.
+        progress("check the model loads in ONNX Runtime")
+        session = create_session(self.model_path, self._session_config())
+        self.notes.append(session.placement.summary())
+        self.notes += check_placement(session.placement, strict=False)
+        del session
+        if self.options.image_model and self.served.metadata is None:
+            self.notes.append(
+                f"{self.model_path} has no resnet-deploy metadata: no image model, since its "
+                "preprocessing is unknown"
+            )
+        self._folder = Path(tempfile.mkdtemp(prefix="resnet-deploy-serve-"))
+        try:
+            repository = self.write_repository(self._folder / "models")
+            progress(f"start tritonserver ({self.options.instances} instance(s) a model)")
+            self._process = launch_tritonserver(
+                engine, repository, self.options, self._folder, self.log_file
+            )
+            self._wait_until_ready(progress, cancel or threading.Event())
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.perf_counter() - started
+        self._started_at = time.perf_counter()
+        return self.endpoints
+
+    def _session_config(self) -> SessionConfig:
+        return SessionConfig(
+            provider=self.options.provider,
+            intra_op_threads=self.options.threads,
+            session_config_entries={SPINNING: "1" if self.options.spin else "0"},
+            strict_placement=self.options.strict_placement,
+        )
+
+    def write_repository(self, repository: Path) -> Path:
+        """The models as Triton's Python backend runs them (see triton_backend)."""
+        options = self.options
+        parameters = {
+            "model_path": str(self.model_path),
+            "session": json.dumps(asdict(self._session_config())),
+        }
+        config = mc.ModelConfig()
+        config.CopyFrom(self.served.config)
+        config.ClearField("platform")
+        config.backend = "python"
+        if config.max_batch_size > 0:
+            config.dynamic_batching.default_queue_policy.max_queue_size = options.max_queue_size
+        models = [(config, {**parameters, "kind": "tensor"})]
+        if self._serves_images():
+            models.append((self._image_config(), {**parameters, **self._image_parameters()}))
+        for model_config, values in models:
+            for key, value in values.items():
+                model_config.parameters[key].string_value = value
+            folder = repository / model_config.name
+            (folder / "1").mkdir(parents=True)
+            (folder / "1" / "model.py").write_text(backend_stub_source())
+            (folder / "config.pbtxt").write_text(render_config(model_config, str(self.model_path)))
+            if any(output.label_filename for output in model_config.output):
+                (folder / LABELS_FILE).write_text(labels_file_text())
+        return repository
+
+    def _image_config(self) -> mc.ModelConfig:
+        k = self.options.top_k
+        config = mc.ModelConfig(
+            name=self.name + IMAGE_SUFFIX, backend="python", max_batch_size=self._image_rows()
+        )
+        config.input.add(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+        types = (mc.TYPE_STRING, mc.TYPE_INT64, mc.TYPE_FP32, mc.TYPE_STRING)
+        widths = (k, k, k, 1)
+        for name, data_type, width in zip(IMAGE_OUTPUTS, types, widths, strict=True):
+            config.output.add(name=name, data_type=data_type, dims=[width])
+        config.dynamic_batching.max_queue_delay_microseconds = self.options.max_queue_delay_us
+        config.dynamic_batching.default_queue_policy.max_queue_size = self.options.max_queue_size
+        config.instance_group.add(count=self.options.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        return config
+
+    def _image_rows(self) -> int:
+        return self.served.config.max_batch_size or self.served.fixed_batch or 1
+
+    def _image_parameters(self) -> dict[str, str]:
+        return {
+            "kind": "image",
+            "top_k": str(self.options.top_k),
+            "fixed_batch": str(self.served.fixed_batch or 0),
+            "max_rows": str(self._image_rows()),
+        }
+
+    @property
+    def log_file(self) -> Path:
+        assert self._folder is not None
+        return self._folder / "tritonserver.log"
+
+    def _wait_until_ready(self, progress: Callable[[str], None], cancel: threading.Event) -> None:
+        """Until every model answers ready; a dead tritonserver ends the wait with its cause."""
+        assert self._process is not None
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        names = [self.name] + ([self.name + IMAGE_SUFFIX] if self._serves_images() else [])
+        while True:
+            if cancel.is_set():
+                raise KeyboardInterrupt  # a signal before the models were ready
+            if self._process.poll() is not None:
+                raise ServeError(self._cause("tritonserver exited during start"))
+            if all(model_ready(self.ready_url(n)) for n in names):
+                progress(f"models ready: {', '.join(names)}")
+                return
+            if time.monotonic() > deadline:
+                raise ServeError(
+                    self._cause(f"models not ready after {self.options.startup_timeout_s:.0f} s")
+                )
+            time.sleep(POLL_S)
+
+    def ready_url(self, name: str) -> str:
+        host = self.options.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.options.http_port}/v2/models/{name}/ready"
+
+    def _cause(self, fallback: str) -> str:
+        """The first error tritonserver logged, in one line, else ``fallback``."""
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return log_cause(text) or fallback
+
+    def alive(self) -> bool:
+        """tritonserver is running: the process, not a request, so that watching the server
+        adds nothing to its queues (a model that fails later answers its clients itself)."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Drain and stop tritonserver, then remove what it left.
+
+        SIGINT to tritonserver: it stops taking requests, finishes those in flight (for at
+        most its exit timeout), unloads the models, whose stubs remove their shared memory,
+        and exits. Only a server that outlives that is killed.
+        """
+        if self._process is not None:
+            process, self._process = self._process, None
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(self.options.drain_timeout_s + STOP_MARGIN_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        remove_shared_memory(os.getpid())
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    @property
+    def uptime_s(self) -> float:
+        return time.perf_counter() - self._started_at if self._started_at else 0.0
+
+
+def serve(
+    model_path: Path,
+    options: ServeOptions = ServeOptions(),
+    progress: Callable[[str], None] = lambda step: None,
+    on_ready: Callable[[Endpoints, float], None] = lambda endpoints, startup_s: None,
+) -> ServeResult:
+    """Serve until SIGINT or SIGTERM (either drains), or until the server stops on its own."""
+    stop = threading.Event()
+    received: list[str] = []
+
+    def handle(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = ModelServer(model_path, options)
+    try:
+        endpoints = server.start(progress, cancel=stop)
+        on_ready(endpoints, server.startup_s)
+        stopped_by = ""
+        while not stop.wait(1.0):
+            if not server.alive():
+                stopped_by = "tritonserver stopped on its own: " + server._cause("no cause logged")
+                break
+        if received:
+            stopped_by = received[0]
+            progress(f"{stopped_by}: draining in-flight requests, then stopping tritonserver")
+        uptime = server.uptime_s
+    finally:
+        server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    result = ServeResult(
+        model=Path(model_path),
+        endpoints=endpoints,
+        provider=resolve_provider(options.provider),
+        max_batch_size=server.served.config.max_batch_size,
+        max_queue_size=options.max_queue_size,
+        instances=options.instances,
+        startup_s=server.startup_s,
+        uptime_s=uptime,
+        stopped_by=stopped_by,
+        notes=server.notes,
+    )
+    if not received:
+        raise ServeError(stopped_by)
+    return result
+
+
+def check_ports_free(options: ServeOptions) -> None:
+    """Refuse a port already taken now, with its flag, rather than after tritonserver fails."""
+    flags = {
+        options.http_port: "--http-port",
+        options.grpc_port: "--grpc-port",
+        options.metrics_port: "--metrics-port",
+    }
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    for port, flag in flags.items():
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton binds
+            try:
+                probe.bind((options.host, port))
+            except OSError as exc:
+                if exc.errno == 98:  # EADDRINUSE
+                    raise InputError(
+                        f"port {port} on {options.host} is in use ({flag}); pick another"
+                    ) from None
+                raise InputError(
+                    f"cannot listen on {options.host}:{port}: {exc.strerror}"
+                ) from None
+
+
+@dataclass(frozen=True)
+class TritonFiles:
+    """Where PyTriton's wheel keeps the Triton build it ships."""
+
+    binary: Path  # bin/tritonserver
+    libraries: Path  # the shared libraries it links
+    python_backend: Path  # backends/python: libtriton_python.so and its utilities
+    stub: Path  # the Python-backend stub built for this interpreter's version
+
+
+def tritonserver_files() -> TritonFiles:
+    """The Triton that nvidia-pytriton installs, with the stub for this Python, or a ServeError."""
+    if importlib.util.find_spec("pytriton") is None:
+        raise ServeError(
+            "serve needs PyTriton's Triton build, which is not installed: "
+            "pip install 'resnet-deploy[serve]' (Linux x86_64 or aarch64 only)"
+        )
+    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+
+    root = get_root_module_path() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    files = TritonFiles(
+        root / "bin" / "tritonserver",
+        get_libs_path(),
+        root / "backends" / "python",
+        get_stub_path(version),
+    )
+    missing = [str(p) for p in (files.binary, files.python_backend, files.stub) if not p.exists()]
+    if missing:
+        raise ServeError(f"PyTriton's Triton build for Python {version} lacks {', '.join(missing)}")
+    return files
+
+
+def backend_stub_source() -> str:
+    """The repository's model.py: this interpreter's packages, then the shared model class.
+
+    ``site.addsitedir`` also runs the ``.pth`` files there, so an editable install of this
+    package imports in the stub as it does here.
+    """
+    package_root = Path(__file__).resolve().parent.parent
+    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return (
+        "# Written by resnet-deploy serve: Triton's Python backend runs this file.\n"
+        "import site\nimport sys\n\n"
+        f"sys.path.insert(0, {str(package_root)!r})\n"
+        f"for folder in {site_dirs!r}:\n"
+        "    site.addsitedir(folder)\n\n"
+        "from resnet_deploy.serving.backend import TritonPythonModel  # noqa: E402,F401\n"
+    )
+
+
+def launch_tritonserver(
+    files: TritonFiles, repository: Path, options: ServeOptions, folder: Path, log_file: Path
+) -> subprocess.Popen:
+    """tritonserver on ``repository``, with a backend folder holding the stub for this Python.
+
+    Triton looks for the stub beside the backend's library, so the two are linked into one
+    folder of our own. The child gets SIGTERM if this process dies without stopping it.
+    """
+    backends = folder / "backends" / "python"
+    backends.mkdir(parents=True)
+    for source in [*files.python_backend.iterdir(), files.stub]:
+        if source.is_file():
+            (backends / source.name).symlink_to(source)
+    command = [
+        str(files.binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends.parent}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix(os.getpid())}",
+        f"--http-address={options.host}",
+        f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-address={options.host}",
+        f"--metrics-port={options.metrics_port}",
+        "--allow-gpu-metrics=false",
+        f"--exit-timeout-secs={options.drain_timeout_s}",
+        f"--log-file={log_file}",
+        "--log-verbose=0",
+    ]
+    return subprocess.Popen(
+        command,
+        env=tritonserver_environment(files),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_terminate_with_parent,
+    )
+
+
+def _terminate_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tritonserver_environment(files: TritonFiles) -> dict[str, str]:
+    """This environment with the loader path tritonserver and its stubs need.
+
+    The stub links ``libpython3.X.so`` by soname. Under pyenv or conda, the loader would
+    otherwise find the system's library of another patch release, and the models fail to load
+    with errors such as ``'_thread.RLock' object has no attribute '_recursion_count'``: this
+    interpreter's LIBDIR goes first.
+    """
+    folders = [str(files.libraries)]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        folders.insert(0, libdir)
+    if os.environ.get("LD_LIBRARY_PATH"):
+        folders.append(os.environ["LD_LIBRARY_PATH"])
+    return {**os.environ, "LD_LIBRARY_PATH": ":".join(folders)}
+
+
+def model_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def shm_prefix(pid: int) -> str:
+    """How the Python backend names its /dev/shm regions for a server started by ``pid``."""
+    return f"resnet-deploy-{pid}-"
+
+
+def shared_memory_segments(pid: int) -> list[Path]:
+    """The Python backend's /dev/shm regions for a server started by process ``pid``."""
+    if not SHM_DIR.is_dir():
+        return []
+    return sorted(SHM_DIR.glob(f"{shm_prefix(pid)}*"))
+
+
+def remove_shared_memory(pid: int) -> None:
+    """Regions a killed stub could not remove; a clean stop leaves none."""
+    for path in shared_memory_segments(pid):
+        path.unlink(missing_ok=True)
+
+
+# Error lines tritonserver logs on every start here, which say nothing about a failure.
+BENIGN_LOG_ERRORS = ("CudaDriverHelper has not been initialized", "config modification time")
+
+
+def log_cause(text: str) -> str | None:
+    """The first telling error line of a tritonserver log, without its timestamp prefix."""
+    for line in text.splitlines():
+        if re.match(r"E\d{4} ", line) and not any(b in line for b in BENIGN_LOG_ERRORS):
+            message = line.split("] ", 1)[-1].strip().strip('"').replace("\\n", "\n")
+            # A Python traceback logged as one line: keep its first line and its final error.
+            raised = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", message, re.M)
+            if "Traceback" in message and raised:
+                head = message.split("Traceback", 1)[0].strip().rstrip(":")
+                message = f"{head}: {raised[-1].strip()}"
+            message = " ".join(message.split())
+            if "_recursion_count" in message or "libpython" in message:
+                message += (
+                    " (the Python backend stub loaded another libpython than this "
+                    "interpreter's; is its LIBDIR readable?)"
+                )
+            return message
+    return None
+
+
+def format_endpoints(endpoints: Endpoints, startup_s: float) -> str:
+    lines = [f"serving {endpoints.model_name} (ready in {startup_s:.1f} s)"]
+    lines.append(f"  HTTP     {endpoints.http_url}/v2/models/{endpoints.model_name}")
+    lines.append(f"  gRPC     {endpoints.grpc_url}")
+    lines.append(f"  metrics  {endpoints.metrics_url}")
+    if endpoints.image_model_name:
+        lines.append(f"  images   {endpoints.http_url}/v2/models/{endpoints.image_model_name}")
+    lines.append("Stop with Ctrl-C or SIGTERM (in-flight requests finish first).")
+    return "\n".join(lines)
+
+
+def format_result(result: ServeResult) -> str:
+    lines = [
+        f"stopped by {result.stopped_by} after {result.uptime_s:.1f} s; "
+        "tritonserver exited and its shared memory is gone"
+    ]
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)
