@@ -31,7 +31,7 @@ from resnet_deploy.model.metadata import (
     VARIANTS,
 )
 from resnet_deploy.report.records import write_json
-from resnet_deploy.runtime.providers import CUDNN_ALGOS
+from resnet_deploy.runtime.names import CUDNN_ALGOS
 
 EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
 EXIT_SIGTERM = 143  # 128 + SIGTERM

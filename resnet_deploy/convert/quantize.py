@@ -43,7 +43,7 @@ from resnet_deploy.runtime.int8target import (
     cpu_flags,
     machine_note,
 )
-from resnet_deploy.runtime.providers import CPU
+from resnet_deploy.runtime.names import CPU
 from resnet_deploy.steps import Steps
 
 PRECISIONS = ("fp16", "int8")

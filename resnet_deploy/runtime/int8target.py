@@ -26,7 +26,7 @@ import onnx
 
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import INT8_TARGETS, ModelMetadata
-from resnet_deploy.runtime.providers import CPU, CUDA, TENSORRT
+from resnet_deploy.runtime.names import CPU, CUDA, TENSORRT
 
 TARGETS = INT8_TARGETS
 DEFAULT_TARGET = "cpu"

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import onnxruntime as ort
 
 from resnet_deploy.errors import ProviderError
+from resnet_deploy.runtime.names import CPU
 
 RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
-CPU = "CPUExecutionProvider"
 # Ops that move no activations: ONNX Runtime keeps them on the CPU on purpose when they compute
 # shapes, and the copies it inserts for placement are bookkeeping. Every other node computes.
 SHAPE_ONLY_OPS = frozenset(

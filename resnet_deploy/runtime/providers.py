@@ -32,25 +32,14 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from resnet_deploy.errors import InputError, ProviderError
 from resnet_deploy.model.metadata import read_metadata
 from resnet_deploy.model.onnxfile import load_onnx
+from resnet_deploy.runtime.int8target import file_target, tensorrt_int8_options
+from resnet_deploy.runtime.names import CPU, CUDA, CUDNN_ALGOS, SHORT_NAMES, TENSORRT
 from resnet_deploy.runtime.placement import (
     RECORD_PLACEMENT,
     Placement,
     check_placement,
     node_placement,
 )
-
-SHORT_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-}
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-CUDNN_ALGOS = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # cudnn_conv_algo_search values
-SPINNING = "session.intra_op.allow_spinning"  # "1": idle threads spin (low latency, busy CPU)
-
 
 ONNX_DTYPES = {
     "tensor(float)": np.float32,
@@ -221,11 +210,6 @@ def registered_providers(
     if metadata is not None and metadata.precision == "fp16":
         options = {"trt_fp16_enable": "True"} | options  # an explicit choice wins
     if proto is not None:
-        from resnet_deploy.runtime.int8target import (  # it imports us
-            file_target,
-            tensorrt_int8_options,
-        )
-
         options = tensorrt_int8_options(file_target(proto, metadata)) | options
     cuda = {"device_id": str(options.get("device_id", 0))}
     return [(TENSORRT, options), (CUDA, cuda)]

@@ -35,7 +35,7 @@ from resnet_deploy.model.metadata import ModelMetadata, read_metadata
 from resnet_deploy.model.onnxfile import load_onnx
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.int8target import file_target, require_target
-from resnet_deploy.runtime.providers import CPU, CUDA, TENSORRT
+from resnet_deploy.runtime.names import CPU, CUDA, TENSORRT
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
