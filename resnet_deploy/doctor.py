@@ -28,8 +28,9 @@ from onnxruntime.capi import build_and_package_info
 from resnet_deploy.environment import gpus, package_versions
 from resnet_deploy.errors import ResnetDeployError
 from resnet_deploy.report.records import format_table
+from resnet_deploy.runtime.names import TENSORRT
 from resnet_deploy.runtime.placement import Placement
-from resnet_deploy.runtime.providers import TENSORRT, SessionConfig, create_session
+from resnet_deploy.runtime.providers import SessionConfig, create_session
 
 DRIVER_LIBRARY = "libcuda.so.1"  # the CUDA provider links it; it comes with the NVIDIA driver
 PROBE_INPUT = np.array([-1.0, 2.0], dtype=np.float32)

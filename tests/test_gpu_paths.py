@@ -25,12 +25,10 @@ from resnet_deploy.model.metadata import read_metadata, write_metadata
 from resnet_deploy.model.onnxfile import load_onnx, load_with_metadata
 from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.perf.bench import BenchOptions, eager_runner, session_config
+from resnet_deploy.runtime.names import CPU, CUDA, TENSORRT
 from resnet_deploy.runtime.placement import PlacementError, check_placement, node_placement
 from resnet_deploy.runtime.providers import (
-    CPU,
-    CUDA,
     ENGINE_BUILD_LOG,
-    TENSORRT,
     SessionConfig,
     count_engine_builds,
     create_session,

@@ -45,7 +45,8 @@ from resnet_deploy.cli import main
 from resnet_deploy.errors import ProviderError
 from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.predict import PredictOptions, predict
-from resnet_deploy.runtime.providers import SPINNING, SessionConfig, create_session
+from resnet_deploy.runtime.names import SPINNING
+from resnet_deploy.runtime.providers import SessionConfig, create_session
 from resnet_deploy.serving.backend import decode_image
 from resnet_deploy.serving.repository import TritonOptions, parse_config, write_model_repository
 from resnet_deploy.serving.server import (

@@ -40,10 +40,9 @@ from resnet_deploy.model.weights import RANDOM
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.int8target import require_target
 from resnet_deploy.runtime.memory import activation_bytes, check_fits, input_bytes
+from resnet_deploy.runtime.names import CUDA, TENSORRT
 from resnet_deploy.runtime.placement import Placement, check_placement
 from resnet_deploy.runtime.providers import (
-    CUDA,
-    TENSORRT,
     SessionConfig,
     create_session,
     cuda_provider_options,

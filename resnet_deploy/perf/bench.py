@@ -32,13 +32,10 @@ from resnet_deploy.perf.contention import BUSY_SHARE, Contention, CpuMonitor
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.int8target import require_target
 from resnet_deploy.runtime.memory import activation_bytes, check_fits, input_bytes
+from resnet_deploy.runtime.names import CPU, CUDA, SPINNING, TENSORRT
 from resnet_deploy.runtime.openvino import ENGINES, OpenVinoRunner, import_openvino
 from resnet_deploy.runtime.placement import Placement, check_placement
 from resnet_deploy.runtime.providers import (
-    CPU,
-    CUDA,
-    SPINNING,
-    TENSORRT,
     SessionConfig,
     create_session,
     cuda_provider_options,

@@ -39,9 +39,9 @@ from resnet_deploy.model.onnxfile import load_with_metadata
 from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.perf.contention import Contention, CpuMonitor
 from resnet_deploy.report.records import format_table
+from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.openvino import import_openvino, inference_precision
 from resnet_deploy.runtime.providers import (
-    SPINNING,
     SessionConfig,
     captured_stderr,
     create_session,

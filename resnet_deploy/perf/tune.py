@@ -56,17 +56,11 @@ from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.files import atomic_output, write_text_atomic
 from resnet_deploy.model.metadata import ModelMetadata
 from resnet_deploy.model.onnxfile import load_with_metadata
-from resnet_deploy.perf.bench import (
-    CUDA,
-    DEFAULT_BATCH_SIZES,
-    BenchOptions,
-    summarize,
-    time_parallel,
-)
+from resnet_deploy.perf.bench import DEFAULT_BATCH_SIZES, BenchOptions, summarize, time_parallel
 from resnet_deploy.perf.contention import Contention
 from resnet_deploy.report.records import format_table
+from resnet_deploy.runtime.names import CUDA, SPINNING
 from resnet_deploy.runtime.providers import (
-    SPINNING,
     SessionConfig,
     create_session,
     cuda_provider_options,

@@ -55,13 +55,9 @@ from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.model.metadata import ModelMetadata, read_metadata
 from resnet_deploy.model.onnxfile import load_onnx
 from resnet_deploy.runtime.int8target import require_target
+from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.placement import check_placement
-from resnet_deploy.runtime.providers import (
-    SPINNING,
-    SessionConfig,
-    create_session,
-    resolve_provider,
-)
+from resnet_deploy.runtime.providers import SessionConfig, create_session, resolve_provider
 from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS
 from resnet_deploy.serving.repository import (
     LABELS_FILE,

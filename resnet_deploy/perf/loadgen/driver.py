@@ -21,7 +21,7 @@ from resnet_deploy.model.labels import NUM_IMAGENET_CLASSES
 from resnet_deploy.model.metadata import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata
 from resnet_deploy.model.onnxfile import load_with_metadata
 from resnet_deploy.model.weights import sha256_of
-from resnet_deploy.perf.bench import CUDA, TENSORRT, check_options, session_config
+from resnet_deploy.perf.bench import check_options, session_config
 from resnet_deploy.perf.loadgen.options import (
     CALIBRATION_S,
     DEFAULT_BATCH_TIMEOUT_MS,
@@ -48,6 +48,7 @@ from resnet_deploy.perf.loadgen.results import accuracy, read_result
 from resnet_deploy.perf.loadgen.samples import Preprocessing, SampleLibrary, read_labels
 from resnet_deploy.perf.loadgen.sut import InProcess, Remote
 from resnet_deploy.runtime.int8target import require_target
+from resnet_deploy.runtime.names import CUDA, TENSORRT
 from resnet_deploy.runtime.providers import create_session, input_dtype, tensorrt_build_note
 from resnet_deploy.runtime.runners import OrtRunner
 from resnet_deploy.serving.client import EndpointOptions, connect
