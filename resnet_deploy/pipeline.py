@@ -25,8 +25,8 @@ from resnet_deploy.convert.quantize import (
 from resnet_deploy.convert.quantize import format_result as format_optimize
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import check_output_folder, write_text_atomic
-from resnet_deploy.model.weights import RANDOM, sha256_of
+from resnet_deploy.files import check_output_folder, sha256_of, write_text_atomic
+from resnet_deploy.model.weights import RANDOM
 from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench, write_plot
 from resnet_deploy.perf.bench import summary as bench_summary
 from resnet_deploy.report.page import PAGE_NAME, render_page

@@ -21,9 +21,9 @@ from resnet_deploy.check.verify import session_config as verify_config
 from resnet_deploy.cli import main
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
 from resnet_deploy.errors import InputError, ProviderError
+from resnet_deploy.files import sha256_of
 from resnet_deploy.model.metadata import read_metadata, write_metadata
 from resnet_deploy.model.onnxfile import load_onnx, load_with_metadata
-from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.perf.bench import BenchOptions, eager_runner, session_config
 from resnet_deploy.runtime.names import CPU, CUDA, TENSORRT
 from resnet_deploy.runtime.placement import PlacementError, check_placement, node_placement

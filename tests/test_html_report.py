@@ -21,7 +21,7 @@ from PIL import Image
 
 import resnet_deploy.convert.export as export_module
 from resnet_deploy.cli import main
-from resnet_deploy.model.weights import sha256_of
+from resnet_deploy.files import sha256_of
 from resnet_deploy.pipeline import RunOptions, run_pipeline
 from resnet_deploy.report.page import write_page
 from resnet_deploy.report.records import format_cell

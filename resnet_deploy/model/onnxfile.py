@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
@@ -17,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import check_input_file
+from resnet_deploy.files import check_input_file, sha256_of
 from resnet_deploy.model.metadata import ModelMetadata, read_metadata
 
 
@@ -44,6 +45,33 @@ def load_with_metadata(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
     if metadata is None:
         raise InputError(f"{path}: has no resnet-deploy metadata (was it made by `export`?)")
     return model, metadata
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """An ONNX file read once per command and handed down, so no stage parses it again.
+
+    ``metadata`` is None for a file resnet-deploy did not make; ``sha256`` names the exact bytes
+    every record of the command describes.
+    """
+
+    path: Path
+    proto: onnx.ModelProto
+    metadata: ModelMetadata | None
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_model(path: Path, *, require_metadata: bool = False) -> ModelFile:
+    """Read ``path`` once: its graph (external data checked), metadata and sha256."""
+    proto = load_onnx(path)
+    metadata = read_metadata(proto, path)
+    if require_metadata and metadata is None:
+        raise InputError(f"{path}: has no resnet-deploy metadata (was it made by `export`?)")
+    return ModelFile(Path(path), proto, metadata, sha256_of(Path(path)))
 
 
 def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

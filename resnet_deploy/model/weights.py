@@ -9,7 +9,6 @@ of order one, like a trained network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_deploy.errors import CheckpointError, InputError
-from resnet_deploy.files import check_input_file
+from resnet_deploy.files import check_input_file, sha256_of
 
 RANDOM = "random"
 CALIBRATION_BATCHES = 2
@@ -48,14 +47,6 @@ class WeightsInfo:
         if self.source == RANDOM:
             return f"random, seed {self.seed}"
         return f"{Path(self.source).name} (sha256 {self.sha256})"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def init_random_weights(model: nn.Module, seed: int) -> WeightsInfo:

@@ -23,11 +23,10 @@ import torch
 
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.files import atomic_output
+from resnet_deploy.files import atomic_output, sha256_of
 from resnet_deploy.model.metadata import ModelMetadata
 from resnet_deploy.model.onnxfile import load_with_metadata
 from resnet_deploy.model.resnet import rebuild_model
-from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.perf.contention import BUSY_SHARE, Contention, CpuMonitor
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.int8target import require_target

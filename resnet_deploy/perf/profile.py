@@ -33,10 +33,9 @@ from onnx import helper, numpy_helper
 
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import atomic_output, write_bytes_atomic
+from resnet_deploy.files import atomic_output, sha256_of, write_bytes_atomic
 from resnet_deploy.model.metadata import ModelMetadata
 from resnet_deploy.model.onnxfile import load_with_metadata
-from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.perf.contention import Contention, CpuMonitor
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.names import SPINNING

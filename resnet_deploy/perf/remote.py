@@ -21,9 +21,9 @@ import numpy as np
 
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError, ResnetDeployError
+from resnet_deploy.files import sha256_of
 from resnet_deploy.model.metadata import ModelMetadata
 from resnet_deploy.model.onnxfile import load_with_metadata
-from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.perf.bench import (
     CV_WARNING,
     DEFAULT_BATCH_SIZES,

@@ -17,10 +17,10 @@ import numpy as np
 
 from resnet_deploy.data.images import list_images
 from resnet_deploy.errors import InputError, ResnetDeployError
+from resnet_deploy.files import sha256_of
 from resnet_deploy.model.labels import NUM_IMAGENET_CLASSES
 from resnet_deploy.model.metadata import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata
 from resnet_deploy.model.onnxfile import load_with_metadata
-from resnet_deploy.model.weights import sha256_of
 from resnet_deploy.perf.bench import check_options, session_config
 from resnet_deploy.perf.loadgen.options import (
     CALIBRATION_S,

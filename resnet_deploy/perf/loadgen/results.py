@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.environment import describe_environment
 from resnet_deploy.errors import ResnetDeployError
-from resnet_deploy.model.weights import sha256_of
+from resnet_deploy.files import sha256_of
 from resnet_deploy.perf.loadgen.logs import (
     Summary,
     parse_detail,
