@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import io
 import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,9 @@ from click.testing import CliRunner
 import resnet_deploy.convert.export as export_module
 from resnet_deploy import __version__
 from resnet_deploy.cli import main
+from resnet_deploy.cli.output import StatusLine, reporting
+
+CLEAR = "\r\033[K"  # back to the line's start, and erase it
 
 
 @pytest.fixture
@@ -79,3 +85,38 @@ def test_ctrl_c_exits_130_without_traceback(cli, tmp_path: Path, monkeypatch) ->
     assert result.exit_code == 130
     assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_triton_model_warmup_is_its_own_flag(cli, r18: Path, tmp_path: Path) -> None:
+    """``--warmup`` is a count wherever it appears; Triton's load-time warm-up is a flag."""
+    repo = tmp_path / "repo"
+    assert cli("triton", r18, "--repo", repo, "--name", "warm").exit_code == 0
+    assert "model_warmup" in (repo / "warm" / "config.pbtxt").read_text()
+    result = cli("triton", r18, "--repo", repo, "--name", "cold", "--no-model-warmup")
+    assert result.exit_code == 0, result.output
+    assert "model_warmup" not in (repo / "cold" / "config.pbtxt").read_text()
+    result = cli("triton", r18, "--repo", repo, "--name", "old", "--no-warmup")
+    assert result.exit_code == 2 and "No such option '--no-warmup'" in result.output
+    assert not (repo / "old").exists()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_status_line_only_on_a_terminal_and_never_beside_json_on_stdout(monkeypatch) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with reporting("-") as progress:
+        progress("plain")
+    assert terminal.getvalue() == "... plain\n"
+    terminal.truncate(0)
+    terminal.seek(0)
+    with reporting(None) as progress:
+        progress("export")
+        time.sleep(3 * StatusLine.TICK_S)
+    shown = terminal.getvalue()
+    assert shown.startswith(f"{CLEAR}... export\n")
+    assert shown.count("s  export") >= 2  # drawn, then redrawn as the seconds run
+    assert shown.endswith(CLEAR)  # nothing of it left before the result is printed
