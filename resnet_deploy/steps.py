@@ -1,16 +1,31 @@
-"""Named steps of long work: announced to a progress callback as they start, timed as they run."""
+"""How long work reports progress: named steps, and counts where a step knows its total.
+
+The library never prints progress; it calls a ``Progress`` callback, and the caller decides how
+to show it (the CLI: a line per step on stderr, and a bar on a terminal).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
+
+
+class Progress(Protocol):
+    """``progress("step")`` announces a step; ``progress("step", done, total)`` advances it."""
+
+    def __call__(self, step: str, done: int | None = None, total: int | None = None) -> None: ...
+
+
+def no_progress(step: str, done: int | None = None, total: int | None = None) -> None:
+    """The default callback of every library function: report nothing."""
 
 
 class Steps:
     """``with steps("name"): ...`` announces the step and records its seconds in ``seconds``."""
 
-    def __init__(self, progress: Callable[[str], None]) -> None:
+    def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.seconds: dict[str, float] = {}
 

@@ -120,3 +120,21 @@ def test_a_status_line_only_on_a_terminal_and_never_beside_json_on_stdout(monkey
     assert shown.startswith(f"{CLEAR}... export\n")
     assert shown.count("s  export") >= 2  # drawn, then redrawn as the seconds run
     assert shown.endswith(CLEAR)  # nothing of it left before the result is printed
+
+
+def test_a_counted_step_is_one_line_in_a_log_and_a_bar_on_a_terminal(monkeypatch) -> None:
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with reporting(None) as progress:
+        for done in range(4):
+            progress("calibrating", done, 3)
+    assert log.getvalue() == "... calibrating (3 in all)\n"
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with reporting(None) as progress:
+        progress("calibrating", 0, 4)
+        progress("calibrating", 2, 4)
+    shown = terminal.getvalue()
+    assert shown.count("... calibrating") == 1  # announced once, then only redrawn
+    assert "[" + "#" * 12 + "-" * 12 + "] 2/4" in shown
+    assert shown.endswith(CLEAR)

@@ -1,8 +1,9 @@
 """The one way a command reports: progress on stderr, the result as JSON and text, the exit code.
 
 ``reporting`` gives the library its progress callback: a ``... step`` line on stderr per step,
-and on a terminal a status line under them with the running step's seconds, so a long step
-(an export, a TensorRT engine build) visibly runs rather than hangs.
+and on a terminal a status line under them with the running step's seconds and, where the library
+counts (calibration images, batch sizes, candidates), a bar: a long step visibly runs rather than
+hangs.
 
 ``writes`` checks every output of a command against its inputs and each other before the command
 does any work; ``finish`` then writes the JSON record, prints the text (unless stdout holds the
@@ -28,32 +29,44 @@ import click
 from resnet_deploy.errors import ResnetDeployError
 from resnet_deploy.files import STDOUT, check_outputs
 from resnet_deploy.report.records import write_json
+from resnet_deploy.steps import Progress
 
 
-def progress(step: str) -> None:
-    """The library's progress callback: one line per step, on stderr, so stdout stays clean."""
-    click.echo(f"... {step}", err=True)
+def progress(step: str, done: int | None = None, total: int | None = None) -> None:
+    """The library's progress callback: a line per step on stderr, so stdout stays clean.
+
+    A counted step is announced once, with its total, not once per item: a log file gets one
+    line for a calibration of 300 images, not 300."""
+    if done is None:
+        click.echo(f"... {step}", err=True)
+    elif done == 0:
+        click.echo(f"... {step} ({total} in all)" if total else f"... {step}", err=True)
 
 
 class StatusLine:
-    """``progress`` plus one line under it, redrawn in place: the running step and its seconds."""
+    """``progress`` plus one line under it, redrawn in place: the running step, its seconds and,
+    for a counted step, a bar with ``done/total``."""
 
     TICK_S = 0.25
     SPINNER = "|/-\\"
+    BAR_WIDTH = 24
 
     def __init__(self) -> None:
         self.step: str | None = None
+        self.count: tuple[int, int | None] | None = None
         self.started = 0.0
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.spinner = itertools.cycle(self.SPINNER)
         self.ticker = threading.Thread(target=self.tick, daemon=True)
 
-    def __call__(self, step: str) -> None:
+    def __call__(self, step: str, done: int | None = None, total: int | None = None) -> None:
         with self.lock:
-            self.clear()
-            progress(step)
-            self.step, self.started = step, time.monotonic()
+            if step != self.step or done is None or done == 0:
+                self.clear()
+                progress(step, done, total)
+                self.step, self.started = step, time.monotonic()
+            self.count = None if done is None else (done, total)
             self.draw()
 
     def tick(self) -> None:
@@ -62,11 +75,20 @@ class StatusLine:
                 self.draw()
 
     def draw(self) -> None:
-        if self.step is not None:
-            seconds = time.monotonic() - self.started
-            line = f"{next(self.spinner)} {seconds:3.0f} s  {self.step}"
-            width = shutil.get_terminal_size().columns
-            click.echo("\r\033[K" + line[: max(width - 1, 0)], err=True, nl=False)
+        if self.step is None:
+            return
+        seconds = time.monotonic() - self.started
+        line = f"{next(self.spinner)} {seconds:3.0f} s  {self.step}"
+        if self.count is not None:
+            done, total = self.count
+            if total:
+                filled = round(self.BAR_WIDTH * min(done, total) / total)
+                bar = "#" * filled + "-" * (self.BAR_WIDTH - filled)
+                line += f"  [{bar}] {done}/{total}"
+            else:
+                line += f"  {done}"
+        width = shutil.get_terminal_size().columns
+        click.echo("\r\033[K" + line[: max(width - 1, 0)], err=True, nl=False)
 
     def clear(self) -> None:
         click.echo("\r\033[K", err=True, nl=False)
@@ -79,7 +101,7 @@ class StatusLine:
 
 
 @contextmanager
-def reporting(json_out: str | None) -> Iterator[Callable[[str], None]]:
+def reporting(json_out: str | None) -> Iterator[Progress]:
     """The progress callback for one library call: plain ``progress`` lines, with a status line
     when stderr is a terminal and stdout does not carry the JSON record. The status line is
     cleared on the way out, error or not, before the command prints its result."""
