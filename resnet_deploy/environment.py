@@ -7,8 +7,13 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
+from pathlib import Path
 
+import psutil
+
+CPUINFO = Path("/proc/cpuinfo")
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy", "click")
 
 
@@ -23,33 +28,52 @@ class Environment:
     packages: dict[str, str] = field(default_factory=dict)  # installed versions only
 
 
-def cpu_model() -> str:
+@dataclass(frozen=True)
+class CpuInfo:
+    """What Linux's /proc/cpuinfo says about the CPU; None where it does not say (other OS, ARM)."""
+
+    model: str | None = None  # the first "model name" line
+    flags: frozenset[str] | None = None  # the x86 "flags" line: the instruction set extensions
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """The first CPU's model name and flags (every CPU of a machine lists the same)."""
+    model: str | None = None
+    flags: frozenset[str] | None = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and flags is None:
+            flags = frozenset(value.split())
+    return CpuInfo(model=model, flags=flags)
+
+
+@cache
+def cpuinfo() -> CpuInfo:
+    """This machine's /proc/cpuinfo, read once per process: it does not change while we run."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        return parse_cpuinfo(CPUINFO.read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return CpuInfo()
+
+
+def cpu_flags(text: str | None = None) -> frozenset[str] | None:
+    """The CPU feature flags Linux lists, or None where it lists none (another OS, an ARM CPU).
+
+    ``text`` is a /proc/cpuinfo text to read instead of this machine's (tests describe others).
+    """
+    return (cpuinfo() if text is None else parse_cpuinfo(text)).flags
+
+
+def cpu_model() -> str:
+    return cpuinfo().model or platform.processor() or platform.machine()
 
 
 def physical_cores() -> int:
-    """Distinct (package, core) pairs: hyper-threads share a core's compute units."""
-    cores = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            package = core = None
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "physical id":
-                    package = value.strip()
-                elif key.strip() == "core id":
-                    core = value.strip()
-                    cores.add((package, core))
-    except OSError:
-        pass
-    return len(cores) or os.cpu_count() or 1
+    """Cores, not hyper-threads: the threads of one core share its compute units."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def gpus() -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from resnet_deploy.convert.export import ExportOptions, export_model
 from resnet_deploy.errors import InputError, OutputError
 from resnet_deploy.model.metadata import read_metadata
 from resnet_deploy.model.resnet import build_model
-from tests.conftest import ATOL, RTOL, images
+from tests.helpers import ATOL, RTOL, images
 
 
 def run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:

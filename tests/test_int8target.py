@@ -16,14 +16,16 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from resnet_deploy import environment
 from resnet_deploy.check.verify import VerifyOptions, verify
 from resnet_deploy.cli import main
 from resnet_deploy.convert.quantize import OptimizeOptions, OptimizeResult, optimize_model
+from resnet_deploy.environment import CpuInfo, cpu_flags, parse_cpuinfo
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import read_metadata
 from resnet_deploy.perf.bench import BenchOptions, bench
 from resnet_deploy.runtime import int8target
-from resnet_deploy.runtime.int8target import check_target, cpu_flags, file_target, require_target
+from resnet_deploy.runtime.int8target import check_target, file_target, require_target
 from resnet_deploy.serving.repository import TritonOptions, write_model_repository
 
 NO_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
@@ -55,13 +57,11 @@ def made(exported, tmp_path_factory) -> dict[str, OptimizeResult]:
 
 
 @pytest.fixture
-def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def machine(monkeypatch: pytest.MonkeyPatch):
     """``machine(text)``: make the rule read ``text`` as this machine's /proc/cpuinfo."""
 
     def use(text: str) -> None:
-        path = tmp_path / "cpuinfo"
-        path.write_text(text)
-        monkeypatch.setattr(int8target, "CPUINFO", path)
+        monkeypatch.setattr(environment, "cpuinfo", lambda: parse_cpuinfo(text))
 
     return use
 
@@ -176,6 +176,9 @@ def test_cpu_flags_are_read_from_cpuinfo_text() -> None:
     assert "avx512_vnni" in cpu_flags(WITH_VNNI)
     assert cpu_flags(NO_VNNI) == frozenset({"fpu", "sse2", "avx", "avx2", "fma"})
     assert cpu_flags("processor\t: 0\nFeatures\t: fp asimd\n") is None  # ARM: no x86 rule
+    # One parse gives the model name recorded with results too: the first CPU's, once.
+    two_cpus = "model name\t: Xeon A\nflags\t: avx\nmodel name\t: Xeon B\nflags\t: sse2\n"
+    assert parse_cpuinfo(two_cpus) == CpuInfo(model="Xeon A", flags=frozenset({"avx"}))
 
 
 def test_the_rule_for_each_target_and_provider(made: dict[str, OptimizeResult]) -> None:

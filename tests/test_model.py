@@ -6,7 +6,7 @@ import torch
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import ARCHS
 from resnet_deploy.model.resnet import build_model, create_resnet, resnet50
-from tests.conftest import images
+from tests.helpers import images
 from tests.tutorial_oracle import tutorial_forward
 
 # torchvision's documented parameter counts for its ResNets.

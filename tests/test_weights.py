@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from resnet_deploy.errors import CheckpointError
 from resnet_deploy.model.resnet import build_model
-from tests.conftest import images
+from tests.helpers import images
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def check_options(options: ExportOptions) -> None:
     if options.variant == "seed" and options.image_size != SEED_IMAGE_SIZE:
         raise InputError(
             f"the seed variant ends in AvgPool2d(7) and only takes {SEED_IMAGE_SIZE}x"
-            f"{SEED_IMAGE_SIZE} inputs, got --image-size {options.image_size}"
+            f"{SEED_IMAGE_SIZE} inputs, got image size {options.image_size}"
         )
     if options.variant == "seed" and options.dynamic_size:
         raise InputError(
@@ -99,13 +99,13 @@ def check_options(options: ExportOptions) -> None:
     )
     if options.exporter == "dynamo" and options.opset < MIN_DYNAMO_OPSET:
         raise InputError(
-            f"the dynamo exporter writes opset {MIN_DYNAMO_OPSET} or newer, got --opset "
-            f"{options.opset} (use --exporter torchscript for older opsets)"
+            f"the dynamo exporter writes opset {MIN_DYNAMO_OPSET} or newer, got opset "
+            f"{options.opset} (the torchscript exporter writes older opsets)"
         )
     if options.exporter == "torchscript" and options.opset > MAX_TORCHSCRIPT_OPSET:
         raise InputError(
             f"the torchscript exporter writes opset {MAX_TORCHSCRIPT_OPSET} at most, "
-            f"got --opset {options.opset}"
+            f"got opset {options.opset}"
         )
     if options.weights != RANDOM:
         check_input_file(options.weights, "weights file")

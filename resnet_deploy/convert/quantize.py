@@ -32,17 +32,12 @@ import onnx
 
 from resnet_deploy.check.verify import VerifyOptions, VerifyReport, format_report, verify
 from resnet_deploy.convert.rewrites import Rewrites, exact_rewrites
+from resnet_deploy.environment import cpu_flags
 from resnet_deploy.errors import InputError, NumericsError, ProviderError, failures_of
 from resnet_deploy.files import atomic_output, check_output_path
 from resnet_deploy.model.metadata import ModelMetadata, write_metadata
 from resnet_deploy.model.onnxfile import load_with_metadata
-from resnet_deploy.runtime.int8target import (
-    DEFAULT_TARGET,
-    SCHEMES,
-    TARGETS,
-    cpu_flags,
-    machine_note,
-)
+from resnet_deploy.runtime.int8target import DEFAULT_TARGET, SCHEMES, TARGETS, machine_note
 from resnet_deploy.runtime.names import CPU
 from resnet_deploy.steps import Steps
 
@@ -100,7 +95,7 @@ def optimize_model(
     if options.method not in METHODS:
         raise InputError(f"unknown calibration method {options.method!r}")
     if options.samples < 1:
-        raise InputError(f"--samples must be at least 1, got {options.samples}")
+        raise InputError(f"calibration samples must be at least 1, got {options.samples}")
     if options.target not in TARGETS:
         raise InputError(f"unknown int8 target {options.target!r}; choose {', '.join(TARGETS)}")
     output = options.output or default_output(source, options.precision)
@@ -162,7 +157,7 @@ class GuardFailed(NumericsError):
         self.result = result
         super().__init__(
             f"accuracy guard failed, nothing written: {result.guard.summary()}"
-            " (see --json for every figure; --no-guard writes it anyway)"
+            " (the JSON record has every figure; with the guard off it is written anyway)"
         )
 
 
@@ -307,7 +302,7 @@ def format_result(result: OptimizeResult) -> str:
     written = f"wrote {result.output} ({result.file_bytes / 1e6:.1f} MB)"
     lines = [
         f"{written if result.output else 'nothing written'}, {meta.precision}"
-        + (f" for --target {meta.target}" if meta.target else "")
+        + (f" for the {meta.target} target" if meta.target else "")
         + f": {meta.calibration}",
         "steps: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in result.step_seconds.items()),
         "ops: " + ", ".join(f"{op} {n}" for op, n in result.ops.items()),
@@ -316,7 +311,7 @@ def format_result(result: OptimizeResult) -> str:
         lines.append("kept in float: " + ", ".join(result.excluded_nodes))
     lines += [f"note: {note}" for note in result.notes]
     if result.guard is None:
-        lines.append("accuracy guard: off (--no-guard); run `resnet-deploy verify` on the file")
+        lines.append("accuracy guard: off; run `resnet-deploy verify` on the file")
     else:
         lines += ["", f"accuracy guard ({result.guard_scope}):", format_report(result.guard)]
     return "\n".join(lines)

@@ -243,12 +243,12 @@ def rebuild_model(metadata: ModelMetadata, weights: str | Path | None = None) ->
         if not recorded_random and not Path(weights).exists():
             raise InputError(
                 f"the model was exported from weights {weights}, which is not there "
-                "(pass --weights with that file)"
+                "(pass that file as the weights)"
             )
     elif recorded_random and str(weights) != RANDOM:
         raise InputError(
             f"the model was exported with random weights (seed {metadata.seed}), "
-            f"not {weights}; drop --weights or re-export"
+            f"not {weights}; drop the weights or re-export"
         )
     built = build_model(metadata.arch, metadata.variant, weights, metadata.seed or 0)
     if not recorded_random and built.weights.sha256 != metadata.weights_sha256:

@@ -20,10 +20,10 @@ returned) for any command that is about to run or package a file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import onnx
 
+from resnet_deploy.environment import cpu_flags
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import INT8_TARGETS, ModelMetadata
 from resnet_deploy.runtime.names import CPU, CUDA, TENSORRT
@@ -31,7 +31,6 @@ from resnet_deploy.runtime.names import CPU, CUDA, TENSORRT
 TARGETS = INT8_TARGETS
 DEFAULT_TARGET = "cpu"
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
-CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
@@ -66,23 +65,6 @@ SCHEMES = {
 }
 
 
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
-    """The CPU feature flags Linux lists (x86 ``flags`` line), or None where it lists none.
-
-    ``cpuinfo`` is the text of /proc/cpuinfo; given, nothing is read (tests inject a machine).
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text()
-        except OSError:
-            return None
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return None
-
-
 def has_vnni(flags: frozenset[str] | None) -> bool | None:
     """True or False on x86 Linux; None where the flags are unknown (another OS or an ARM CPU)."""
     if flags is None:
@@ -94,8 +76,8 @@ def machine_note(flags: frozenset[str] | None) -> str | None:
     """What ``optimize --target cpu`` says when the quantizing machine itself lacks VNNI."""
     if has_vnni(flags) is False:
         return (
-            "this CPU has no VNNI (no avx512_vnni or avx_vnni flag): a --target cpu file can "
-            "saturate here; for this machine use --target cpu-avx2"
+            "this CPU has no VNNI (no avx512_vnni or avx_vnni flag): a file for the cpu target "
+            "can saturate here; for this machine use the cpu-avx2 target"
         )
     return None
 
@@ -163,31 +145,31 @@ def check_target(
     remake = "make one with `resnet-deploy optimize FP32.onnx --precision int8 --target {}`"
     if provider == TENSORRT and target != "tensorrt":
         check.refusal = (
-            f"{name} is an int8 file for --target {target} (uint8 activations with zero points); "
-            "TensorRT builds int8 engines only from symmetric int8 Q/DQ: "
+            f"{name} is an int8 file for the {target} target (uint8 activations with zero "
+            "points); TensorRT builds int8 engines only from symmetric int8 Q/DQ: "
             + remake.format("tensorrt")
         )
     elif provider == CUDA:
         check.warnings.append(
             f"{name} is int8: the CUDA provider has no int8 convolutions and runs it in float "
             "between Q/DQ nodes (slower than fp32); for int8 on NVIDIA GPUs use the tensorrt "
-            "provider with a --target tensorrt file"
+            "provider with a file for the tensorrt target"
         )
     elif provider == CPU and target == "tensorrt":
         check.warnings.append(
-            f"{name} is int8 for --target tensorrt (int8 activations): ONNX Runtime's CPU "
-            "kernels run it several times slower than a --target cpu file; its numbers are "
-            "right, its speed is not representative"
+            f"{name} is int8 for the tensorrt target (int8 activations): ONNX Runtime's CPU "
+            "kernels run it several times slower than a file for the cpu target; its numbers "
+            "are right, its speed is not representative"
         )
     elif provider == CPU and target == "cpu":
         if not local:
             check.warnings.append(
-                f"{name} is int8 for --target cpu: serve it on CPUs with VNNI (avx512_vnni or "
+                f"{name} is int8 for the cpu target: serve it on CPUs with VNNI (avx512_vnni or "
                 "avx_vnni); for older x86 CPUs make it with --target cpu-avx2"
             )
         elif has_vnni(flags if flags is not None else cpu_flags()) is False:
             check.warnings.append(
-                f"{name} is int8 for --target cpu, made for CPUs with VNNI; this CPU has no "
+                f"{name} is int8 for the cpu target, made for CPUs with VNNI; this CPU has no "
                 "avx512_vnni or avx_vnni flag, so ONNX Runtime's uint8 x int8 products can "
                 "saturate here: for this machine " + remake.format("cpu-avx2")
             )

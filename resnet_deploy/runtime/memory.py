@@ -10,8 +10,7 @@ sides, so it needs the sum of all activations instead.
 
 from __future__ import annotations
 
-import os
-import resource
+import psutil
 
 from resnet_deploy.errors import InputError
 
@@ -42,12 +41,12 @@ def input_bytes(batch: int, image_size: int, itemsize: int = 4) -> int:
 
 
 def available_bytes() -> int:
-    """What this process may still allocate: free memory, or its address-space limit if lower
-    (the project runs experiments under ``prlimit --as``)."""
-    available = _meminfo_bytes("MemAvailable") or 2**62
-    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if limit != resource.RLIM_INFINITY:
-        available = min(available, limit - _vm_size_bytes())
+    """What this process may still allocate: free memory, or what is left of its address-space
+    limit if that is lower (the project runs experiments under ``prlimit --as``)."""
+    available = psutil.virtual_memory().available
+    limit = _address_space_limit()
+    if limit is not None:
+        available = min(available, limit - psutil.Process().memory_info().vms)
     return max(available, 0)
 
 
@@ -67,23 +66,11 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _meminfo_bytes(key: str) -> int | None:
+def _address_space_limit() -> int | None:
+    """RLIMIT_AS in bytes; None where unlimited or where there is no such limit (Windows)."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _vm_size_bytes() -> int:
-    try:
-        with open(f"/proc/{os.getpid()}/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        import resource
+    except ImportError:
+        return None
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if limit == resource.RLIM_INFINITY else limit
