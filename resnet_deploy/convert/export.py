@@ -6,7 +6,6 @@ import io
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from resnet_deploy.model.resnet import BuiltModel, build_model
 from resnet_deploy.model.weights import RANDOM
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.memory import activation_bytes, check_fits
-from resnet_deploy.steps import Steps
+from resnet_deploy.steps import Progress, Steps, no_progress
 
 EXPORTERS = ("dynamo", "torchscript")
 TRACE_BATCH = 2  # the example the exporter traces: batch 1 would be specialised
@@ -112,9 +111,7 @@ def check_options(options: ExportOptions) -> None:
     check_output_path(options.output, force=options.force, inputs=[Path(options.weights)])
 
 
-def export_model(
-    options: ExportOptions, progress: Callable[[str], None] = lambda step: None
-) -> ExportResult:
+def export_model(options: ExportOptions, progress: Progress = no_progress) -> ExportResult:
     """Build, export, simplify, check and write; ``progress`` hears each step's name."""
     check_options(options)
     timed = Steps(progress)

@@ -22,7 +22,6 @@ import copy
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from resnet_deploy.model.metadata import ModelMetadata, write_metadata
 from resnet_deploy.model.onnxfile import load_with_metadata
 from resnet_deploy.runtime.int8target import DEFAULT_TARGET, SCHEMES, TARGETS, machine_note
 from resnet_deploy.runtime.names import CPU
-from resnet_deploy.steps import Steps
+from resnet_deploy.steps import Progress, Steps, no_progress
 
 PRECISIONS = ("fp16", "int8")
 METHODS = ("minmax", "entropy", "percentile")
@@ -86,7 +85,7 @@ def default_output(source: Path, precision: str) -> Path:
 
 
 def optimize_model(
-    source: Path, options: OptimizeOptions, progress: Callable[[str], None] = lambda s: None
+    source: Path, options: OptimizeOptions, progress: Progress = no_progress
 ) -> OptimizeResult:
     """Convert, guard, then write; raises NumericsError (writing nothing) when the guard fails."""
     source = Path(source)
@@ -161,16 +160,14 @@ class GuardFailed(NumericsError):
         )
 
 
-def run_guard(
-    path: Path, options: OptimizeOptions, progress: Callable[[str], None]
-) -> VerifyReport:
+def run_guard(path: Path, options: OptimizeOptions, progress: Progress) -> VerifyReport:
     """Verify against the eager fp32 model on held-out inputs: verify's seeded random inputs
     (seed 0) never meet the calibration inputs (CALIBRATION_SEED, or the user's images).
     fp16 is verified on CUDA when CUDA starts, else on the CPU (weights only)."""
     checks = VerifyOptions(samples=options.guard_samples)
 
-    def guard_progress(step: str) -> None:
-        progress(f"guard: {step}")
+    def guard_progress(step: str, done: int | None = None, total: int | None = None) -> None:
+        progress(f"guard: {step}", done, total)
 
     if options.precision == "fp16":
         try:
@@ -241,7 +238,7 @@ def to_int8(
     calibration: list[np.ndarray],
     options: OptimizeOptions,
     excluded: set[str],
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> onnx.ModelProto:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -259,6 +256,8 @@ def to_int8(
     }
     input_name = model.graph.input[0].name
 
+    progress("calibrating", 0, len(calibration))
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.position = 0
@@ -267,7 +266,7 @@ def to_int8(
             if self.position == len(calibration):
                 return None
             self.position += 1
-            progress(f"calibrating {self.position}/{len(calibration)}")
+            progress("calibrating", self.position, len(calibration))
             return {input_name: calibration[self.position - 1]}
 
     scheme = SCHEMES[options.target]
