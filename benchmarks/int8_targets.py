@@ -24,7 +24,8 @@ from record import write_record
 
 from resnet_deploy.convert.export import ExportOptions, export_model
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
-from resnet_deploy.perf.bench import BenchOptions, bench, session_config
+from resnet_deploy.perf.bench import bench
+from resnet_deploy.perf.bench_options import BenchOptions, session_config
 from resnet_deploy.runtime.int8target import TARGETS, cpu_flags, has_vnni
 from resnet_deploy.runtime.providers import create_session
 

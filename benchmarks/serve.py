@@ -38,8 +38,10 @@ from record import write_record
 from resnet_deploy.convert.export import ExportOptions, export_model
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
 from resnet_deploy.environment import describe_environment
-from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench, session_config, time_runs
-from resnet_deploy.perf.bench import summarize as summarize_runs
+from resnet_deploy.perf.bench import BenchReport, bench
+from resnet_deploy.perf.bench_options import BenchOptions, session_config
+from resnet_deploy.perf.timing import summarize as summarize_runs
+from resnet_deploy.perf.timing import time_runs
 from resnet_deploy.runtime.providers import create_session, resolve_provider
 from resnet_deploy.runtime.runners import OrtRunner
 

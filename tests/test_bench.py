@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 import resnet_deploy.perf.bench as bench_module
-from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
 from resnet_deploy.perf.bench import BenchOptions, bench, check_options
 from resnet_deploy.runtime.providers import (
@@ -23,17 +21,9 @@ from resnet_deploy.runtime.providers import (
     tensorrt_provider_options,
 )
 from resnet_deploy.runtime.runners import OrtRunner
+from tests.helpers import cli
 
 QUICK = {"warmup_runs": 1, "iterations": 3}
-
-
-@pytest.fixture(scope="module")
-def r18(exported) -> Path:
-    return exported("resnet18").output
-
-
-def cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.mark.no_gpu

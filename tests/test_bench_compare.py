@@ -7,13 +7,20 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
 from resnet_deploy.perf.bench import BenchOptions, bench, summary
-from resnet_deploy.perf.contention import BUSY_SHARE, Contention, CpuMonitor
+from resnet_deploy.perf.contention import (
+    BUSY_SHARE,
+    Contention,
+    CpuMonitor,
+    busy_cpu_s,
+    own_cpu_s,
+)
 
 QUICK = {"batch_sizes": (1,), "warmup_runs": 1, "iterations": 3}
 SPIN_S = 60  # the background load's own limit, should the test die before stopping it
@@ -39,17 +46,37 @@ def test_contention_share_of_the_cores():
     assert Contention(wall_s=1.0, other_cpu_s=None).other_cores is None
 
 
+def cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def test_monitor_sees_a_background_load():
+    """Accounting that holds however busy the shared machine is: a spinning child's CPU time
+    (read from its own counters) shows in other processes' share; our own spinning does not.
+    A monitor that always says busy, or forgets to leave out our own process, fails."""
     process = spinner()
     try:
+        child = psutil.Process(process.pid)
         time.sleep(0.2)
-        with CpuMonitor() as monitor:
-            time.sleep(1.0)  # we idle; the spinner does not
+        before = cpu_s(child)
+        with CpuMonitor() as loaded:
+            time.sleep(1.5)  # we idle; the spinner does not
+        spun = cpu_s(child) - before
     finally:
         stop(process)
-    result = monitor.result
-    assert result.wall_s >= 1.0
-    assert result.other_cores > BUSY_SHARE * result.cores and result.unreliable
+    assert loaded.result.wall_s >= 1.5 and spun > 0.1  # it ran, if only a share of a core
+    assert loaded.result.other_cpu_s >= spun - 0.05  # the counters tick in 10 ms
+    assert loaded.result.other_cores > BUSY_SHARE * loaded.result.cores and loaded.result.unreliable
+
+    busy, own = busy_cpu_s(), own_cpu_s()
+    with CpuMonitor() as quiet:
+        end = time.perf_counter() + 1.5
+        while time.perf_counter() < end:  # we spin; no child of ours does
+            pass
+    busy, own = busy_cpu_s() - busy, own_cpu_s() - own
+    assert own > 0.1
+    assert quiet.result.other_cpu_s <= busy - own + 0.05
 
 
 def test_bench_flags_ratios_under_a_busy_core(exported):

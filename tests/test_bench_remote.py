@@ -13,25 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 from serving import ServedProcess, free_ports, running_server
 
-from resnet_deploy.cli import main
 from resnet_deploy.data.images import load_batch
+from resnet_deploy.errors import InputError
 from resnet_deploy.perf.loadgen import ScenarioOptions, run_scenario
 from resnet_deploy.runtime.providers import SessionConfig, create_session
 from resnet_deploy.serving.client import EndpointOptions, ModelClient, connect
-from tests.conftest import ATOL, RTOL
+from tests.helpers import ATOL, RTOL, cli
 
 pytest.importorskip("pytriton")
 
 LOOP = ["--warmup", "1", "--iterations", "3"]  # a handful of requests per batch size
-
-
-@pytest.fixture(scope="module")
-def r18(exported) -> Path:
-    return exported("resnet18").output
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +39,7 @@ def url(server: ServedProcess, protocol: str) -> str:
     return f"{protocol}://127.0.0.1:{port}"
 
 
-def cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_client_reads_the_model_and_answers_as_in_process(
     server: ServedProcess, r18: Path, protocol: str
@@ -64,6 +55,7 @@ def test_client_reads_the_model_and_answers_as_in_process(
     np.testing.assert_allclose(served, local, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_bench_url_gives_the_bench_report(server: ServedProcess, protocol: str) -> None:
     args = ["--url", url(server, protocol), "--model-name", "resnet18", "--batch-sizes", "1,2"]
@@ -83,6 +75,7 @@ def test_bench_url_gives_the_bench_report(server: ServedProcess, protocol: str) 
     assert "resnet18" in text.stdout and "images/s" in text.stdout
 
 
+@pytest.mark.slow
 def test_bench_url_with_the_file_states_the_serving_overhead(
     server: ServedProcess, r18: Path
 ) -> None:
@@ -98,6 +91,7 @@ def test_bench_url_with_the_file_states_the_serving_overhead(
     assert overhead["throughput_ratio"] > 0
 
 
+@pytest.mark.slow
 def test_loadgen_server_scenario_drives_the_endpoint(server: ServedProcess) -> None:
     args = ["--url", url(server, "http"), "--model-name", "resnet18", "--scenario", "server"]
     short = ["--target-qps", 5, "--latency-bound-ms", 5000, "--min-duration", 1, "--min-queries", 4]
@@ -111,6 +105,7 @@ def test_loadgen_server_scenario_drives_the_endpoint(server: ServedProcess) -> N
     assert record["mean_batch_size"] == 1 and record["threads"] is None  # one request a sample
 
 
+@pytest.mark.slow
 def test_loadgen_accuracy_through_the_endpoint(
     server: ServedProcess, r18: Path, tmp_path: Path
 ) -> None:
@@ -139,6 +134,7 @@ def test_loadgen_accuracy_through_the_endpoint(
     assert result.engine_batch_sizes and max(result.engine_batch_sizes) <= 2
 
 
+@pytest.mark.slow
 def test_unknown_model_unreachable_server_and_bad_url_are_one_line_errors(
     server: ServedProcess,
 ) -> None:
@@ -163,6 +159,7 @@ def test_unknown_model_unreachable_server_and_bad_url_are_one_line_errors(
     assert scenario.exit_code == 2 and "cannot reach the server" in scenario.stderr
 
 
+@pytest.mark.slow
 def test_the_one_tensor_model_is_found_without_its_name(server: ServedProcess) -> None:
     """serve lists its models: the image companion aside, there is one to bench."""
     found = cli("bench", "--url", url(server, "http"), "--batch-sizes", "1", *LOOP)
@@ -198,6 +195,6 @@ def test_only_model_needs_exactly_one_tensor_model(names: list[str], found: str 
     if found is not None:
         assert _only_model(ListingClient(names), options) == found
         return
-    with pytest.raises(Exception, match="name one with --model-name") as raised:
+    with pytest.raises(InputError, match="name one with --model-name") as raised:
         _only_model(ListingClient(names), options)
     assert ("does not list its models" in str(raised.value)) == (not names)

@@ -15,35 +15,29 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import resnet_deploy.perf.loadgen.driver as loadgen_module
-from resnet_deploy.cli import main
 from resnet_deploy.data.images import load_batch
 from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.perf.bench import BenchOptions
+from resnet_deploy.perf.bench_options import BenchOptions
 from resnet_deploy.perf.loadgen import (
     ScenarioOptions,
     check_scenario_options,
     format_result,
     run_scenario,
 )
-from resnet_deploy.perf.loadgen.logs import parse_summary
+from resnet_deploy.perf.loadgen.logs import parse_detail
 from resnet_deploy.perf.loadgen.samples import Preprocessing, SampleLibrary
 from resnet_deploy.perf.loadgen.sut import BatchingSut
 from resnet_deploy.runtime.providers import SessionConfig, create_session
 from resnet_deploy.runtime.runners import OrtRunner
 from resnet_deploy.serving.client import EndpointOptions
+from tests.helpers import cli
 
 pytest.importorskip("mlperf_loadgen")
 
 SHORT = {"min_duration_s": 1.0, "min_queries": 4}
-
-
-@pytest.fixture(scope="module")
-def r18(exported) -> Path:
-    return exported("resnet18").output
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +65,7 @@ def labelled(r18: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("scenario", "extra"),
     [
@@ -103,6 +98,7 @@ def test_each_scenario_gives_a_parsed_result(r18: Path, scenario: str, extra: di
         assert any("no --target-qps" in note for note in result.notes)
 
 
+@pytest.mark.slow
 def test_impossible_server_target_is_invalid_and_says_why(r18: Path, tmp_path: Path) -> None:
     options = ScenarioOptions(
         scenario="server", target_qps=10000, log_dir=tmp_path / "logs", **SHORT
@@ -117,6 +113,7 @@ def test_impossible_server_target_is_invalid_and_says_why(r18: Path, tmp_path: P
     assert result.log_dir == tmp_path / "logs"
 
 
+@pytest.mark.slow
 def test_accuracy_from_loadgens_log(r18: Path, labelled: Path, tmp_path: Path) -> None:
     folder = labelled
     options = ScenarioOptions(
@@ -137,6 +134,7 @@ def test_accuracy_from_loadgens_log(r18: Path, labelled: Path, tmp_path: Path) -
     assert run_scenario(r18, options).top1_accuracy == 0.0
 
 
+@pytest.mark.slow
 def test_fixed_batch_model_pads_short_batches(exported) -> None:
     fixed = exported("resnet18", batch=2).output
     result = run_scenario(fixed, ScenarioOptions(scenario="singlestream", **SHORT))
@@ -145,6 +143,7 @@ def test_fixed_batch_model_pads_short_batches(exported) -> None:
         run_scenario(fixed, ScenarioOptions(scenario="offline", max_batch=8, **SHORT))
 
 
+@pytest.mark.slow
 def test_offline_pads_its_last_short_batch_to_the_warmed_size(r18: Path) -> None:
     """Seven samples in batches of 3: the last one is padded, so batch 1 never runs cold."""
     options = ScenarioOptions(
@@ -156,12 +155,14 @@ def test_offline_pads_its_last_short_batch_to_the_warmed_size(r18: Path) -> None
     assert result.mean_batch_size == pytest.approx(7 / 3)  # real samples, padding not counted
 
 
+@pytest.mark.slow
 def test_multistream_warms_each_size_its_query_splits_into(r18: Path) -> None:
     result = run_scenario(r18, ScenarioOptions(scenario="multistream", max_batch=3, **SHORT))
     assert result.warmed_batch_sizes == [2, 3] and result.engine_batch_sizes == [2, 3]
     assert result.padded_batches == 0
 
 
+@pytest.mark.slow
 def test_an_inference_error_ends_the_run_instead_of_hanging(r18: Path, monkeypatch) -> None:
     real = OrtRunner.infer
 
@@ -176,7 +177,16 @@ def test_an_inference_error_ends_the_run_instead_of_hanging(r18: Path, monkeypat
 
 
 def test_find_peak_bisects_to_the_highest_valid_target(r18: Path, monkeypatch) -> None:
+    """With 64 samples/s measured and targets VALID up to 10 QPS, bisection between 0 and 64
+    goes 32 (INVALID), 16 (INVALID), 8 (VALID), 12 (INVALID): down after an INVALID step, up
+    after a VALID one, and the highest VALID step is the result."""
     tried = []
+    real_prepare = loadgen_module.prepare
+
+    def measured_64_per_s(*args, **kwargs):
+        prepared = real_prepare(*args, **kwargs)
+        prepared.throughput_per_s = 64.0  # what calibration measured: the bisection's top
+        return prepared
 
     def valid_up_to_10_qps(prepared, options, qps, logs, progress):
         tried.append(qps)
@@ -186,14 +196,15 @@ def test_find_peak_bisects_to_the_highest_valid_target(r18: Path, monkeypatch) -
         )
 
     monkeypatch.setattr(loadgen_module, "_run_test", valid_up_to_10_qps)
+    monkeypatch.setattr(loadgen_module, "prepare", measured_64_per_s)
     options = ScenarioOptions(
         scenario="server", find_peak=True, peak_steps=4, latency_bound_ms=1e4, min_queries=4
     )
     result = run_scenario(r18, options)
-    assert len(tried) == 4 and [s.target_qps for s in result.peak_search] == tried
-    assert tried[1] < tried[0] or tried[0] <= 10  # bisection: down after an INVALID step
-    assert result.valid and result.samples_per_s == max(q for q in tried if q <= 10)
-    assert all(s.valid == (s.target_qps <= 10) for s in result.peak_search)
+    assert tried == [32.0, 16.0, 8.0, 12.0]
+    assert [s.target_qps for s in result.peak_search] == tried
+    assert [s.valid for s in result.peak_search] == [False, False, True, False]
+    assert result.valid and result.samples_per_s == 8.0
     assert any("highest VALID target QPS" in note for note in result.notes)
 
     too_many = replace(options, min_queries=10**6)  # every step would take hours
@@ -257,6 +268,7 @@ def test_instances_take_batches_from_one_queue_at_once() -> None:
     assert any(a < d and c < b for _, a, b in first.batches for _, c, d in second.batches)
 
 
+@pytest.mark.slow
 def test_server_runs_each_instance_on_its_own_session(small: Path, monkeypatch) -> None:
     """LoadGen's queries, served by two sessions in two worker threads; what ran adds up."""
     real, ran = OrtRunner.infer, []
@@ -291,22 +303,27 @@ def test_server_runs_each_instance_on_its_own_session(small: Path, monkeypatch) 
     assert any(a < d and c < b for a, b in first for c, d in second)  # at the same time
 
 
-def test_summary_parsing_keeps_checks_bullets_and_wrapped_lines() -> None:
-    summary = parse_summary(SERVER_SUMMARY)
-    assert summary.values["Result is"] == "INVALID"
-    assert summary.values["Completed samples per second"] == "56.15"
-    assert summary.values["99.00 percentile latency (ns)"] == "1135102774"
-    assert summary.checks == {
+def test_detail_log_gives_checks_advice_bullets_and_errors() -> None:
+    log = parse_detail(SERVER_DETAIL)
+    assert log.values["result_validity"] == "INVALID"
+    assert log.number("result_completed_samples_per_sec") == 56.15
+    assert log.number("result_99.00_percentile_latency_ns") == 1135102774
+    assert log.number("loadgen_version") is None  # not a number
+    assert log.checks() == {
         "Performance constraints satisfied": False,
         "Min duration satisfied": True,
         "Min queries satisfied": True,
         "Early stopping satisfied": False,
     }
-    assert summary.recommendations == ["Reduce target QPS to improve latency."]
-    assert summary.early_stopping[-1] == (
+    assert log.recommendations() == [
+        "Reduce target QPS to improve latency.",
+        "Increase the target QPS so the loadgen pre-generates more queries.",
+    ]
+    assert log.early_stopping()[-1] == (
         "Would need to run at least 8446 more queries, with the run being successful if "
         "every additional query were under latency."
     )
+    assert log.errors == ["Too many outstanding queries"] and log.warnings == ["CAS failed."]
 
 
 @pytest.mark.parametrize(
@@ -338,10 +355,7 @@ def test_earlier_logs_are_kept_without_force(tmp_path: Path) -> None:
     check_scenario_options(ScenarioOptions(log_dir=tmp_path, force=True))
 
 
-def cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
+@pytest.mark.slow
 def test_cli_json_record_and_one_line_errors(r18: Path) -> None:
     args = ["bench", r18, "--scenario", "singlestream", "--min-duration", 1, "--min-queries", 4]
     result = cli(*args, "--json")
@@ -367,6 +381,7 @@ def test_cli_json_record_and_one_line_errors(r18: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_cli_server_with_two_instances(small: Path) -> None:
     args = ["bench", small, "--scenario", "server", "--instances", 2, "--threads", 1]
     args += ["--target-qps", 50, "--latency-bound-ms", 5000, "--min-duration", 1]
@@ -377,38 +392,35 @@ def test_cli_server_with_two_instances(small: Path) -> None:
     assert (record["instances"], record["threads"]) == (2, 1) and record["queries"] >= 4
 
 
-SERVER_SUMMARY = """\
-================================================
-MLPerf Results Summary
-================================================
-SUT name : PySUT
-Scenario : Server
-Mode     : PerformanceOnly
-Completed samples per second    : 56.15
-Result is : INVALID
-  Performance constraints satisfied : NO
-  Min duration satisfied : Yes
-  Min queries satisfied : Yes
-  Early stopping satisfied: NO
-Recommendations:
- * Reduce target QPS to improve latency.
-Early Stopping Result:
- * Run unsuccessful.
- * Processed 65 queries.
- * Would need to run at least 8446 more queries,
- with the run being successful if every additional
- query were under latency.
+def mllog(key: str, value: object, *, error: bool = False, warning: bool = False) -> str:
+    meta = {"is_error": error, "is_warning": warning, "file": "results.cc"}
+    record = {"key": key, "value": value, "time_ms": 1.0, "metadata": meta}
+    return ":::MLLOG " + json.dumps(record)
 
-================================================
-Additional Stats
-================================================
-Scheduled samples per second : 9682.85
-Min latency (ns)                : 21743583
-99.00 percentile latency (ns)   : 1135102774
 
-================================================
-Test Parameters Used
-================================================
-samples_per_query : 1
-target_qps : 10000
-"""
+SERVER_DETAIL = "\n".join(
+    [
+        mllog("loadgen_version", "6.0.17 @ d6147c7eb7"),
+        mllog("warning_generic_message", "CAS failed.", warning=True),
+        mllog("error_runtime", "Too many outstanding queries", error=True),
+        mllog("result_validity", "INVALID"),
+        mllog("result_perf_constraints_met", False),
+        mllog("result_min_duration_met", True),
+        mllog("result_min_queries_met", True),
+        mllog("early_stopping_met", False),
+        mllog(
+            "result_invalid_reason",
+            "Reduce target QPS to improve latency. "
+            "Increase the target QPS so the loadgen pre-generates more queries. ",
+        ),
+        mllog(
+            "early_stopping_result",
+            " * Run unsuccessful.  * Processed 65 queries.  * Would need to run at least 8446 "
+            "more queries,  with the run being successful if every additional  query were "
+            "under latency.",
+        ),
+        mllog("result_completed_samples_per_sec", 56.15),
+        mllog("result_99.00_percentile_latency_ns", 1135102774),
+        "not a record: LoadGen's detail log has only MLLOG lines, but a stray one is skipped",
+    ]
+)

@@ -12,7 +12,8 @@ from onnx import helper
 
 from resnet_deploy.cli import main
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
-from resnet_deploy.perf.profile import ProfileOptions, check_graph, layer_names, profile_model
+from resnet_deploy.perf.profile import ProfileOptions, profile_model
+from resnet_deploy.perf.profile_graph import check_graph, layer_names
 
 QUICK = {"runs": 2, "warmup_runs": 1}
 

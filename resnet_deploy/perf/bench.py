@@ -1,17 +1,15 @@
 """Bench: latency and throughput of an exported model on ONNX Runtime, beside PyTorch eager.
 
-Measured the way trtexec and onnxruntime_perf_test measure: a warm-up apart from the timed
-loop, every run timed on its own (the device synchronized before the clock is read), latency
-as percentiles, throughput as images over the loop's wall time. Each batch size gets a fresh
-session and its own warm-up: cuDNN's exhaustive search and ONNX Runtime's memory arena both
-tune themselves to the first shapes they see. The eager baseline runs after the ONNX Runtime
-session is closed, so spinning ONNX Runtime threads never steal the cores it needs.
+Every engine is timed by ``timing``'s loop, as trtexec and onnxruntime_perf_test time. Each
+batch size gets a fresh session and its own warm-up: cuDNN's exhaustive search and ONNX
+Runtime's memory arena both tune themselves to the first shapes they see. The eager baseline
+runs after the ONNX Runtime session is closed, so spinning ONNX Runtime threads never steal
+the cores it needs.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,37 +19,42 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet_deploy.environment import Environment, describe_environment, physical_cores
+from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.files import atomic_output, sha256_of
+from resnet_deploy.model.eager import TorchRunner
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.model.onnxfile import load_with_metadata
+from resnet_deploy.model.onnxfile import ModelFile, read_model
 from resnet_deploy.model.resnet import rebuild_model
-from resnet_deploy.perf.contention import BUSY_SHARE, Contention, CpuMonitor
+from resnet_deploy.perf.bench_options import (
+    DEFAULT_BATCH_SIZES,
+    BenchOptions,
+    check_options,
+    session_config,
+)
+from resnet_deploy.perf.contention import BUSY_SHARE
+from resnet_deploy.perf.timing import (
+    CV_WARNING,
+    DEFAULT_DURATION_S,
+    DEFAULT_WARMUP_S,
+    loop_bounds,
+    measure,
+    too_few_runs,
+)
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.int8target import require_target
 from resnet_deploy.runtime.memory import activation_bytes, check_fits, input_bytes
-from resnet_deploy.runtime.names import CPU, CUDA, SPINNING, TENSORRT
-from resnet_deploy.runtime.openvino import ENGINES, OpenVinoRunner, import_openvino
+from resnet_deploy.runtime.names import CUDA, TENSORRT
+from resnet_deploy.runtime.openvino import OpenVinoRunner
 from resnet_deploy.runtime.placement import Placement, check_placement
 from resnet_deploy.runtime.providers import (
     SessionConfig,
     create_session,
-    cuda_provider_options,
     input_dtype,
     provider_options_used,
-    resolve_provider,
     tensorrt_build_note,
-    tensorrt_provider_options,
-    trt_profile,
-    with_trt_profile,
 )
-from resnet_deploy.runtime.runners import OrtRunner, TorchRunner
+from resnet_deploy.runtime.runners import OrtRunner
 
-DEFAULT_BATCH_SIZES = (1, 8, 32)
-DEFAULT_WARMUP_S = 2.0
-DEFAULT_DURATION_S = 5.0
-CV_WARNING = 0.10  # run-to-run spread above which a result is flagged unstable
 # The columns every latency table starts with (`bench` and `bench --url`)
 LATENCY_HEADERS = (
     "batch",
@@ -64,7 +67,7 @@ LATENCY_HEADERS = (
     "cv",
     "images/s",
 )
-PERCENTILE_MIN_RUNS = {"p90": 10, "p95": 20, "p99": 100}  # fewer runs: it is just the maximum
+# What the baselines (eager, OpenVINO) keep of their timing, each under its prefix
 TORCH_FIELDS = (
     "runs",
     "mean_ms",
@@ -75,27 +78,6 @@ TORCH_FIELDS = (
     "images_per_s",
     "other_cores",
 )
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    provider: str = "cpu"
-    batch_sizes: tuple[int, ...] | None = None  # None: DEFAULT_BATCH_SIZES or the fixed batch
-    warmup_runs: int | None = None  # exactly N runs, or
-    warmup_s: float | None = None  # runs for S seconds; neither: DEFAULT_WARMUP_S
-    iterations: int | None = None  # exactly N timed runs, or
-    duration_s: float | None = None  # timed runs for S seconds; neither: DEFAULT_DURATION_S
-    threads: int | None = None  # intra-op threads, for eager too; None: the physical cores
-    spin: bool = True  # ONNX Runtime's default: idle threads spin, trading CPU for latency
-    io_binding: bool = True  # CUDA/TensorRT: inputs and outputs stay on the device
-    cuda_graph: bool = False
-    cudnn_algo: str | None = None  # EXHAUSTIVE, HEURISTIC or DEFAULT; None: ORT's default
-    cudnn_max_workspace: bool | None = None
-    trt_cache: Path | None = None  # engine and timing cache folder
-    trt_fp16: bool = False
-    baseline: str = "torch"  # or "none"
-    strict_placement: bool = False  # GPU: compute nodes on the CPU refuse the run
-    compare: str | None = None  # "openvino": time it on the same file, batch and threads
 
 
 @dataclass
@@ -174,53 +156,21 @@ class BenchReport:
     openvino: str = ""  # version and inference precision, where compared
 
 
-def check_options(options: BenchOptions) -> str:
-    """Every cheap check before any work; returns the provider's full name."""
-    provider = resolve_provider(options.provider)
-    sizes = options.batch_sizes
-    if sizes is not None and (not sizes or min(sizes) < 1):
-        raise InputError(f"batch sizes must be whole numbers of at least 1, got {sizes}")
-    if options.warmup_runs is not None and options.warmup_s is not None:
-        raise InputError("give either --warmup (runs) or --warmup-s (seconds), not both")
-    if options.iterations is not None and options.duration_s is not None:
-        raise InputError("give either --iterations or --duration, not both")
-    if min(options.warmup_runs or 0, options.warmup_s or 0) < 0:
-        raise InputError("the warm-up cannot be negative")
-    if (options.iterations is not None and options.iterations < 1) or (
-        options.duration_s is not None and options.duration_s <= 0
-    ):
-        raise InputError(
-            "the timed loop needs at least one run (--iterations >= 1, --duration > 0)"
-        )
-    if options.threads is not None and options.threads < 1:
-        raise InputError(f"threads must be at least 1, got {options.threads}")
-    if options.baseline not in ("torch", "none"):
-        raise InputError(f"unknown baseline {options.baseline!r}; use torch or none")
-    if options.compare is not None:
-        if options.compare not in ENGINES:
-            raise InputError(f"--compare {options.compare}: use {', '.join(ENGINES)}")
-        if provider != CPU:
-            raise InputError("--compare openvino times OpenVINO's CPU plugin: use --provider cpu")
-        import_openvino()
-    cuda_only = options.cuda_graph or options.cudnn_algo or options.cudnn_max_workspace is not None
-    if cuda_only and provider != CUDA:
-        raise InputError("--cuda-graph and the cuDNN options need --provider cuda")
-    if options.cuda_graph and not options.io_binding:
-        raise InputError("--cuda-graph replays fixed device addresses: it needs --io-binding")
-    if (options.trt_cache is not None or options.trt_fp16) and provider != TENSORRT:
-        raise InputError("--trt-cache and --trt-fp16 need --provider tensorrt")
-    return provider
-
-
 def bench(
-    model_path: Path,
-    options: BenchOptions = BenchOptions(),
+    model: Path | ModelFile,
+    options: BenchOptions | None = None,
     progress: Callable[[str], None] = lambda step: None,
 ) -> BenchReport:
-    """Bench every batch size; a failed one is recorded, a provider fallback refuses the run."""
+    """Bench every batch size; a failed one is recorded, a provider fallback refuses the run.
+
+    ``model``: a path, or the file a caller has already read (read once per command)."""
+    options = options or BenchOptions()
     provider = check_options(options)
-    model_path = Path(model_path)
-    proto, metadata = load_with_metadata(model_path)
+    if not isinstance(model, ModelFile):
+        model = read_model(model, require_metadata=True)
+    model_path, metadata = model.path, model.metadata
+    if metadata is None:
+        raise InputError(f"{model_path}: has no resnet-deploy metadata (was it made by `export`?)")
     batch_sizes = _batch_sizes(options.batch_sizes, metadata, model_path)
     largest = max(batch_sizes)
     eager_bytes = activation_bytes(metadata.arch, largest, metadata.image_size)
@@ -228,11 +178,10 @@ def bench(
         2 * input_bytes(largest, metadata.image_size) + 2 * eager_bytes,  # ORT, then eager
         f"bench at batch {largest}, {metadata.image_size}x{metadata.image_size}",
     )
-    warnings = require_target(proto, metadata, provider, name=str(model_path))
+    warnings = require_target(model.proto, metadata, provider, name=str(model_path))
     for warning in warnings:
         progress(f"warning: {warning}")
-    environment = describe_environment()
-    model_sha256 = sha256_of(model_path)
+    model_sha256 = model.sha256
     base = session_config(provider, options)
     threads = base.intra_op_threads
     on_gpu = provider in (CUDA, TENSORRT)
@@ -246,7 +195,7 @@ def bench(
         io_binding=on_gpu and options.io_binding,
         graph_optimization=base.graph_optimization,
         options=options,
-        environment=environment,
+        environment=describe_environment(),
         warnings=warnings,
     )
     eager: list[torch.nn.Module] = []  # built on first use, after the provider proved it runs
@@ -295,49 +244,10 @@ def _batch_sizes(
     return (fixed,)
 
 
-def session_config(
-    provider: str,
-    options: BenchOptions,
-    *,
-    metadata: ModelMetadata | None = None,
-    model_sha256: str = "",
-    batch_sizes: tuple[int, ...] = (),
-) -> SessionConfig:
-    """The session a bench with ``options`` runs: every graph optimization, the spinning and
-    provider options asked for, and as many threads as physical cores unless told.
-
-    Given the model's metadata and the batch sizes the session will see, a TensorRT session
-    gets an explicit profile from the smallest to the largest (LoadGen: ``(1, max_batch)``)
-    and its engine cache a folder per model and profile.
-    """
-    config = SessionConfig(
-        provider=provider,
-        provider_options=_provider_options(provider, options),
-        intra_op_threads=options.threads or physical_cores(),
-        graph_optimization="all",
-        session_config_entries={SPINNING: "1" if options.spin else "0"},
-        strict_placement=options.strict_placement,
-    )
-    if metadata is None or not batch_sizes:
-        return config
-    profile = trt_profile(metadata.input_name, batch_sizes, (metadata.image_size,))
-    return with_trt_profile(config, profile, model_sha256)
-
-
-def _provider_options(provider: str, options: BenchOptions) -> dict[str, str]:
-    if provider == CUDA:
-        return cuda_provider_options(
-            cudnn_algo=options.cudnn_algo,
-            cudnn_max_workspace=options.cudnn_max_workspace,
-            cuda_graph=options.cuda_graph,
-        )
-    if provider == TENSORRT:
-        if options.trt_cache is not None:
-            if not options.trt_cache.parent.is_dir():
-                raise InputError(f"--trt-cache {options.trt_cache}: its parent folder is missing")
-            options.trt_cache.mkdir(exist_ok=True)
-        return tensorrt_provider_options(cache_dir=options.trt_cache, fp16=options.trt_fp16)
-    return {}
+def _loops(options: BenchOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The warm-up and timed loops ``options`` ask for, as ``timing.measure`` takes them."""
+    warmup = loop_bounds(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S)
+    return warmup, loop_bounds(options.iterations, options.duration_s, DEFAULT_DURATION_S)
 
 
 def _bench_onnxruntime(
@@ -372,7 +282,7 @@ def _bench_onnxruntime(
     with OrtRunner(session, binding_device=device) as runner:
         del session  # the runner holds the only reference and drops it on exit
         progress(f"batch {batch}: warming up and timing ONNX Runtime")
-        result.first_inference_ms, stats, latencies = measure(runner, array, options)
+        result.first_inference_ms, stats, latencies = measure(runner, array, *_loops(options))
     report.run_times.append(RunTimes(batch, "onnxruntime", latencies))
     for key, value in stats.items():
         setattr(result, key, value)
@@ -397,7 +307,7 @@ def _bench_openvino(
             str(model_path), batch=len(array), image_size=size, threads=threads
         ) as runner:
             report.openvino = f"OpenVINO {runner.version}, inference precision {runner.precision}"
-            _, stats, _ = measure(runner, array, options)
+            _, stats, _ = measure(runner, array, *_loops(options))
     except Exception as exc:
         first_line = str(exc).strip().partition("\n")[0]
         result.warnings.append(f"openvino failed: {type(exc).__name__}: {first_line}")
@@ -447,7 +357,7 @@ def _bench_torch(
         result.warnings.append("no torch baseline: this PyTorch build cannot use the GPU")
         return []
     with runner:
-        _, stats, latencies = measure(runner, array, options)
+        _, stats, latencies = measure(runner, array, *_loops(options))
     for key in TORCH_FIELDS:
         setattr(result, f"torch_{key}", stats[key])
     result.speedup_vs_torch = result.images_per_s / stats["images_per_s"]
@@ -458,114 +368,6 @@ def _bench_torch(
     return latencies
 
 
-def measure(
-    runner: Any, array: np.ndarray, options: BenchOptions
-) -> tuple[float, dict, list[float]]:
-    """First inference in ms, then warm-up, then the timed loop's statistics and each run's ms."""
-    feed = runner.place(array)
-    start = time.perf_counter()
-    runner.infer(feed)
-    first_ms = (time.perf_counter() - start) * 1e3
-    warmup = loop_bounds(options.warmup_runs, options.warmup_s, DEFAULT_WARMUP_S)
-    time_runs(runner.infer, feed, **warmup)
-    timed = loop_bounds(options.iterations, options.duration_s, DEFAULT_DURATION_S)
-    with CpuMonitor() as monitor:
-        times, wall = time_runs(runner.infer, feed, **timed)
-    stats = summarize(times, wall, len(array))
-    stats["other_cores"] = monitor.result.other_cores
-    return first_ms, stats, [t * 1e3 for t in times]
-
-
-def loop_bounds(
-    runs: int | None, seconds: float | None, default_s: float, *, limit_s: float | None = None
-) -> dict[str, Any]:
-    """Exactly ``runs`` runs or ``seconds`` (``default_s`` when neither is given), and with
-    ``limit_s`` never longer than that either way."""
-    if runs is None and seconds is None:
-        seconds = default_s
-    if limit_s is not None:
-        seconds = min(seconds or limit_s, limit_s)
-    return {"runs": runs, "seconds": seconds}
-
-
-def time_runs(
-    infer: Callable[[Any], Any], feed: Any, *, runs: int | None = None, seconds: float | None = None
-) -> tuple[list[float], float]:
-    """Each run's seconds and the loop's wall time: ``runs`` runs, or runs for ``seconds``."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while (runs is not None and len(times) < runs) or (
-        seconds is not None and time.perf_counter() - start < seconds
-    ):
-        begin = time.perf_counter()
-        infer(feed)
-        times.append(time.perf_counter() - begin)
-    return times, time.perf_counter() - start
-
-
-def time_parallel(
-    runners: list[OrtRunner], array: np.ndarray, *, seconds: float, warmup_s: float = 0.0
-) -> tuple[list[float], float, Contention]:
-    """Each runner in its own thread, as a server runs its instances: one run and ``warmup_s``
-    of warm-up apiece, then all of them at once for ``seconds``. Every timed run's seconds, the
-    wall time, and other processes' CPU use meanwhile; the first error any thread hit raises."""
-    start = threading.Barrier(len(runners) + 1)
-    times: list[list[float]] = [[] for _ in runners]
-    errors: list[BaseException] = []
-
-    def serve(index: int) -> None:
-        runner = runners[index]
-        try:
-            feed = runner.place(array)
-            until = time.perf_counter() + warmup_s
-            runner.infer(feed)
-            while time.perf_counter() < until:
-                runner.infer(feed)
-        except BaseException as exc:  # raised once every thread has stopped
-            errors.append(exc)
-        start.wait()
-        end = time.perf_counter() + seconds
-        try:
-            while not errors and time.perf_counter() < end:
-                begin = time.perf_counter()
-                runner.infer(feed)
-                times[index].append(time.perf_counter() - begin)
-        except BaseException as exc:
-            errors.append(exc)
-
-    workers = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(len(runners))]
-    for worker in workers:
-        worker.start()
-    start.wait()
-    with CpuMonitor() as monitor:
-        began = time.perf_counter()
-        for worker in workers:
-            worker.join()
-        wall = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    return [t for per in times for t in per], wall, monitor.result
-
-
-def summarize(times_s: list[float], wall_s: float, batch: int) -> dict[str, float]:
-    """Latency percentiles in ms and throughput in images/s, raw floats."""
-    ms = np.asarray(times_s) * 1e3
-    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
-    mean = float(ms.mean())
-    return {
-        "runs": len(ms),
-        "min_ms": float(ms.min()),
-        "mean_ms": mean,
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p95_ms": float(p95),
-        "p99_ms": float(p99),
-        "max_ms": float(ms.max()),
-        "cv": float(ms.std(ddof=1) / mean) if len(ms) > 1 else 0.0,
-        "images_per_s": batch * len(ms) / wall_s,
-    }
-
-
 def _warnings(result: BatchResult) -> list[str]:
     notes = []
     for name, cv in (("onnxruntime", result.cv), ("torch eager", result.torch_cv)):
@@ -574,16 +376,7 @@ def _warnings(result: BatchResult) -> list[str]:
                 f"{name} unstable: coefficient of variation {cv:.2f} > {CV_WARNING} "
                 "(other load on the machine? run longer)"
             )
-    return notes + too_few_runs(result)
-
-
-def too_few_runs(result: BatchResult, unit: str = "timed runs") -> list[str]:
-    """A warning for each percentile too few runs cannot tell from the maximum."""
-    short = [p for p, n in PERCENTILE_MIN_RUNS.items() if result.error is None and result.runs < n]
-    if not short:
-        return []
-    needed = ", ".join(f"{p} needs {PERCENTILE_MIN_RUNS[p]}" for p in short)
-    return [f"only {result.runs} {unit}: {needed} to be more than the maximum"]
+    return notes + ([] if result.error else too_few_runs(result.runs))
 
 
 def _contention_warnings(result: BatchResult) -> list[str]:
@@ -609,53 +402,39 @@ def _contention_warnings(result: BatchResult) -> list[str]:
 
 def write_plot(report: BenchReport, path: Path, *, replace: bool = False) -> None:
     """Latency percentiles and throughput against batch size, one PNG, written atomically."""
-    from matplotlib.figure import Figure  # heavy; only when a plot is asked for
+    from resnet_deploy.report.charts import EAGER, OPENVINO, ORT, Series, Style, bench_png
 
     done = [b for b in report.batches if b.error is None]
     if not done:
         raise InputError("nothing to plot: every batch size failed")
     sizes = [b.batch_size for b in done]
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    latency, throughput = fig.subplots(1, 2)
-    for name in ("p50_ms", "p90_ms", "p99_ms"):
-        latency.plot(sizes, [getattr(b, name) for b in done], marker="o", label=f"ORT {name[:3]}")
-    throughput.plot(sizes, [b.images_per_s for b in done], marker="o", label=report.provider)
+
+    def series(label: str, name: str, style: Style) -> Series:
+        return Series(label, sizes, [getattr(b, name) for b in done], style)
+
+    percentiles = (("p50_ms", "-", "o"), ("p90_ms", "-.", "v"), ("p99_ms", ":", "^"))
+    latency = [
+        series(f"ORT {name[:3]}", name, Style(ORT.color, dash, marker))
+        for name, dash, marker in percentiles
+    ]
+    throughput = [series(report.provider, "images_per_s", ORT)]
     if all(b.openvino_runs for b in done):
-        latency.plot(sizes, [b.openvino_p50_ms for b in done], "g:", marker="^", label="OV p50")
-        throughput.plot(
-            sizes, [b.openvino_images_per_s for b in done], "g:", marker="^", label="OpenVINO"
-        )
+        latency.append(series("OV p50", "openvino_p50_ms", OPENVINO))
+        throughput.append(series("OpenVINO", "openvino_images_per_s", OPENVINO))
     if all(b.torch_runs for b in done):
-        latency.plot(sizes, [b.torch_p50_ms for b in done], "k--", marker="s", label="eager p50")
-        throughput.plot(
-            sizes, [b.torch_images_per_s for b in done], "k--", marker="s", label="PyTorch eager"
-        )
-    for axes, label in ((latency, "latency (ms)"), (throughput, "throughput (images/s)")):
-        axes.set_xscale("log", base=2)
-        axes.set_xticks(sizes, [str(s) for s in sizes])
-        axes.set_xlabel("batch size")
-        axes.set_ylabel(label)
-        axes.grid(alpha=0.3)
-        axes.legend()
-    fig.suptitle(
-        f"{report.model.name} ({report.metadata.arch}, {report.input_dtype}) on "
+        latency.append(series("eager p50", "torch_p50_ms", EAGER))
+        throughput.append(series("PyTorch eager", "torch_images_per_s", EAGER))
+    unreliable = any(not b.ratios_reliable for b in done)
+    bench_png(
+        path,
+        latency=latency,
+        throughput=throughput,
+        sizes=sizes,
+        title=f"{report.model.name} ({report.metadata.arch}, {report.input_dtype}) on "
         f"{report.provider}, {report.threads} threads, {report.environment.cpu_model}",
-        fontsize=10,
+        warning="UNRELIABLE: other processes were busy while timing" if unreliable else "",
+        replace=replace,
     )
-    if any(not b.ratios_reliable for b in done):
-        fig.text(
-            0.5,
-            0.5,
-            "UNRELIABLE: other processes were busy while timing",
-            color="red",
-            alpha=0.5,
-            fontsize=16,
-            ha="center",
-            va="center",
-            rotation=20,
-        )
-    with atomic_output(path, replace=replace) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
 
 
 def summary(report: BenchReport) -> str:

@@ -1,10 +1,10 @@
 """How busy the machine was while we timed: CPU time other processes took, per timed phase.
 
 A timing on a shared machine is only as good as the cores it had. The kernel counts busy time
-of every CPU in /proc/stat; our own process's time is in os.times(). What is left is other
-processes' work, stated in cores (1.0 = one core busy throughout the phase). Eager PyTorch's
-OpenMP threads collapse under such load far more than ONNX Runtime's, so a ratio of the two
-measured while others ran says little: above ``BUSY_SHARE`` of the cores it is flagged.
+of every CPU (psutil reads it on each OS); our own process's time is in os.times(). What is left
+is other processes' work, stated in cores (1.0 = one core busy throughout the phase). Eager
+PyTorch's OpenMP threads collapse under such load far more than ONNX Runtime's, so a ratio of the
+two measured while others ran says little: above ``BUSY_SHARE`` of the cores it is flagged.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import psutil
+
 BUSY_SHARE = 0.10  # other processes' CPU time above this share of all cores: unreliable
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+# The CPU times that count as busy, where the platform has them (psutil names them per OS).
+_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal", "interrupt", "dpc")
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Contention:
     """Other processes' CPU use during one timed phase."""
 
     wall_s: float = 0.0
-    other_cpu_s: float | None = None  # None where /proc/stat cannot be read
+    other_cpu_s: float | None = None  # None: not measured
     cores: int = 1
     other_cores: float | None = field(init=False)  # their average load, in cores
     unreliable: bool = field(init=False)  # other_cores over BUSY_SHARE of the cores
@@ -43,7 +46,7 @@ class Contention:
     def describe(self) -> str:
         load = self.other_cores
         if load is None:
-            return "other processes' CPU use: unknown (no /proc/stat)"
+            return "other processes' CPU use: unknown (not measured)"
         return f"other processes' CPU use while timing: {load:.2f} of {self.cores} cores"
 
     def merge(self, other: Contention) -> Contention:
@@ -55,17 +58,10 @@ class Contention:
         )
 
 
-def busy_cpu_s() -> float | None:
+def busy_cpu_s() -> float:
     """Seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal)."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) * _TICK_S
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in _BUSY_FIELDS)
 
 
 def own_cpu_s() -> float:
@@ -88,8 +84,5 @@ class CpuMonitor:
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._start
-        busy = busy_cpu_s()
-        other = None
-        if busy is not None and self._busy is not None:
-            other = (busy - self._busy) - (own_cpu_s() - self._own)
+        other = (busy_cpu_s() - self._busy) - (own_cpu_s() - self._own)
         self.result = Contention(wall, other, os.cpu_count() or 1)

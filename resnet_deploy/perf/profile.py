@@ -3,14 +3,11 @@
 ONNX Runtime's profiler times every kernel of the graph it actually runs (the one its graph
 optimizer produced, saved here through ``optimized_model_filepath``). Kernels are named after
 the optimized nodes, so each is mapped back to the PyTorch module it computes through the
-weights it reads: the exporter names a Conv's weight after the parameter
-(``layer3.2.conv2.weight``), and ONNX Runtime keeps that name in the quantized weight
-(``..._quantized``) or the folded bias (``..._bias``) of the fused node. A residual add is
-named after its block (``layer3.2 add``), as ``--localize`` names block outputs.
+weights it reads (``profile_graph``); a residual add is named after its block, as
+``--localize`` names block outputs.
 
 Each Conv's work (2 x multiply-accumulates) over its time is set against the machine's peak
-for that precision, measured in the same run with one large GEMM of the same kind (fp32
-MatMul, or u8 x s8 MatMulInteger for int8), so "60% of peak" needs no datasheet.
+for that precision, measured in the same run (``peak``).
 
 ``compare="openvino"`` runs the same file through OpenVINO with its per-layer counters on;
 OpenVINO names its layers after the ONNX nodes they came from, mapped to modules the same way.
@@ -19,9 +16,7 @@ OpenVINO names its layers after the ONNX nodes they came from, mapped to modules
 from __future__ import annotations
 
 import json
-import re
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import atomic_output, sha256_of, write_bytes_atomic
+from resnet_deploy.files import write_bytes_atomic
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.model.onnxfile import load_with_metadata
+from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.perf.contention import Contention, CpuMonitor
+from resnet_deploy.perf.peak import PEAK_SIZE, Peak, measure_peak
+from resnet_deploy.perf.profile_graph import GraphCheck, check_graph, conv_work, layer_names
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.openvino import import_openvino, inference_precision
@@ -48,21 +44,6 @@ from resnet_deploy.runtime.providers import (
 )
 
 COMPARES = ("openvino",)
-PEAK_SIZE = 1024  # the GEMM measuring the peak: M = N = K
-PEAK_S = 1.0
-BANDWIDTH_BYTES = 1 << 27  # a copy far larger than any cache
-_PARAMETER = re.compile(
-    r"^([A-Za-z_][\w.]*?)\.(?:weight|bias)(?:_quantized|_bias|_scale|_zero_point)?$"
-)
-# Ops that move, quantize or reshape data rather than compute in float.
-_QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Flatten", "Squeeze"}
-_POOLS = {
-    "MaxPool": "maxpool",
-    "NhwcMaxPool": "maxpool",
-    "ReduceMean": "avgpool",
-    "GlobalAveragePool": "avgpool",
-    "QLinearGlobalAveragePool": "avgpool",
-}
 
 
 @dataclass(frozen=True)
@@ -74,15 +55,6 @@ class ProfileOptions:
     compare: str | None = None  # "openvino": its per-layer counters beside ONNX Runtime's
     optimized_model: Path | None = None  # keep the graph ONNX Runtime ran here
     force: bool = False  # replace an existing optimized_model file
-
-
-@dataclass
-class Peak:
-    """The best this machine did on one large GEMM of the model's precision, in this run."""
-
-    kind: str  # "fp32 MatMul" or "u8 x s8 MatMulInteger"
-    gops_per_s: float
-    bandwidth_gb_per_s: float  # a large memory copy: the roof for layers with little reuse
 
 
 @dataclass
@@ -107,17 +79,6 @@ class OpTypeTime:
     nodes: int
     ms: float
     share: float
-
-
-@dataclass
-class GraphCheck:
-    """What the optimized graph runs: for int8, every Conv and Add quantized, nothing in float."""
-
-    ops: dict[str, int]
-    float_convs: list[str]  # Conv nodes left in float in an int8 model
-    float_adds: list[str]  # Add nodes neither quantized nor fused into a conv
-    float_islands: list[str]  # float nodes between a DequantizeLinear and a QuantizeLinear
-    fused: bool  # int8: all three lists empty
 
 
 @dataclass
@@ -164,8 +125,8 @@ def profile_model(
         raise InputError(f"--compare {options.compare}: only {', '.join(COMPARES)} is known")
     if options.compare == "openvino":
         import_openvino()
-    path = Path(path)
-    original, metadata = load_with_metadata(path)
+    model = read_model(path, require_metadata=True)
+    path, original, metadata = model.path, model.proto, model.metadata
     if metadata.batch != "dynamic" and int(metadata.batch) != options.batch_size:
         raise InputError(
             f"{path}: has a fixed batch of {metadata.batch}; "
@@ -219,7 +180,7 @@ def profile_model(
     op_types = [OpTypeTime(op, len(nodes), ms, ms / total) for op, (nodes, ms) in per_op.items()]
     report = ProfileReport(
         model=path,
-        model_sha256=sha256_of(path),
+        model_sha256=model.sha256,
         metadata=metadata,
         precision=precision,
         batch_size=options.batch_size,
@@ -286,174 +247,6 @@ def _ort_events(
     )
     start = runs[options.warmup_runs] if len(runs) > options.warmup_runs else 0
     return [e for e in events if e.get("ts", 0) >= start], monitor.result
-
-
-def measure_peak(precision: str, threads: int, seconds: float = PEAK_S) -> Peak:
-    """The GEMM rate (GFLOP/s, or GOP/s for int8) and a copy's bandwidth on this machine."""
-    n = PEAK_SIZE
-    if precision == "int8":
-        kind = "u8 x s8 MatMulInteger"
-        a_type, out_type = onnx.TensorProto.UINT8, onnx.TensorProto.INT32
-        node = helper.make_node("MatMulInteger", ["A", "B"], ["C"])
-        a = np.random.default_rng(0).integers(0, 255, (n, n), dtype=np.uint8)
-        b = np.random.default_rng(1).integers(-127, 127, (n, n), dtype=np.int8)
-    else:  # fp16 files too: the CPU's float peak, the one a GEMM kernel of ONNX Runtime reaches
-        dtype = np.float32
-        kind = "fp32 MatMul"
-        a_type = out_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-        node = helper.make_node("MatMul", ["A", "B"], ["C"])
-        a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-        b = np.random.default_rng(1).standard_normal((n, n)).astype(dtype)
-    graph = helper.make_graph(
-        [node],
-        "peak",
-        [helper.make_tensor_value_info("A", a_type, [n, n])],
-        [helper.make_tensor_value_info("C", out_type, [n, n])],
-        [numpy_helper.from_array(b, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    config = SessionConfig("cpu", intra_op_threads=threads, session_config_entries={SPINNING: "1"})
-    session = create_session(model.SerializeToString(), config)
-    session.run(None, {"A": a})
-    best = float("inf")
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        begin = time.perf_counter()
-        session.run(None, {"A": a})
-        best = min(best, time.perf_counter() - begin)
-    source = np.ones(BANDWIDTH_BYTES // 8)
-    target = np.empty_like(source)
-    copy_s = float("inf")
-    for _ in range(5):
-        begin = time.perf_counter()
-        np.copyto(target, source)
-        copy_s = min(copy_s, time.perf_counter() - begin)
-    return Peak(kind, 2 * n**3 / best / 1e9, 2 * BANDWIDTH_BYTES / copy_s / 1e9)
-
-
-def conv_work(model: onnx.ModelProto, batch: int, precision: str) -> dict[str, tuple[float, float]]:
-    """Per Conv/Gemm module: (GOP per run, bytes read and written per run) at ``batch``."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.dim_value > 0 else batch for d in dims]
-    initializers = {t.name: list(t.dims) for t in model.graph.initializer}
-    producer = {out: node for node in model.graph.node for out in node.output}
-    element = 1 if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else 4
-    element = (
-        2
-        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-        else element
-    )
-    work = {}
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        weight = _weight_initializer(node.input[1], producer, initializers)
-        out = shapes.get(node.output[0])
-        inp = shapes.get(node.input[0])
-        if weight is None or not out or not inp:
-            continue
-        module = _PARAMETER.match(weight)
-        if module is None:
-            continue
-        dims = initializers[weight]
-        per_output = int(np.prod(dims[1:])) if node.op_type == "Conv" else dims[-1]
-        outputs = int(np.prod(out))
-        gop = 2 * outputs * per_output / 1e9
-        moved = element * (int(np.prod(inp)) + int(np.prod(dims)) + outputs)
-        work[module[1]] = (gop, moved)
-    return work
-
-
-def _weight_initializer(
-    value: str, producer: dict[str, onnx.NodeProto], initializers: dict[str, list[int]]
-) -> str | None:
-    """The initializer a weight input comes from, directly or through a DequantizeLinear."""
-    if value in initializers:
-        return value
-    node = producer.get(value)
-    if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in initializers:
-        return node.input[0]
-    return None
-
-
-def layer_names(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name -> PyTorch module (``layer1.0.conv2``, ``layer1.0 add``, ``maxpool``) for every
-    node that can be placed; the rest keep their node names."""
-    initializers = {t.name: list(t.dims) for t in model.graph.initializer}
-    producer = {out: node for node in model.graph.node for out in node.output}
-    names: dict[str, str] = {}
-    for node in model.graph.node:
-        for value in node.input[1:]:
-            weight = _weight_initializer(value, producer, initializers)
-            found = _PARAMETER.match(weight or "")
-            if found and (node.op_type != "DequantizeLinear"):
-                names[node.name] = found[1]
-                break
-    for node in model.graph.node:
-        if node.name in names:
-            continue
-        if node.op_type in _POOLS:
-            names[node.name] = _POOLS[node.op_type]
-        elif node.op_type in ("Add", "QLinearAdd", "Sum"):
-            block = _block_of(node, producer, names)
-            if block is not None:
-                names[node.name] = f"{block} add"
-    return names
-
-
-def _block_of(
-    node: onnx.NodeProto, producer: dict[str, onnx.NodeProto], names: dict[str, str]
-) -> str | None:
-    """The residual block (``layer1.0``) whose conv feeds ``node``, within two hops."""
-    for value in node.input:
-        for _ in range(3):
-            source = producer.get(value)
-            if source is None:
-                break
-            module = names.get(source.name, "")
-            if module.count(".") >= 2:
-                return ".".join(module.split(".")[:2])
-            if not source.input:
-                break
-            value = source.input[0]
-    return None
-
-
-def check_graph(model: onnx.ModelProto, precision: str) -> GraphCheck:
-    """Counts the optimized graph's ops; for int8, lists every Conv, Add and float op that
-    breaks the quantized chain."""
-    ops: dict[str, int] = defaultdict(int)
-    for node in model.graph.node:
-        ops[node.op_type] += 1
-    float_convs, float_adds, islands = [], [], []
-    if precision == "int8":
-        producer = {out: node for node in model.graph.node for out in node.output}
-        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in model.graph.node:
-            for value in node.input:
-                consumers[value].append(node)
-        weights = {t.name for t in model.graph.initializer}
-        for node in model.graph.node:
-            if node.op_type in ("Conv", "FusedConv"):
-                float_convs.append(node.name)
-            elif node.op_type in ("Add", "Sum"):
-                float_adds.append(node.name)
-            elif node.op_type not in _QUANTIZED and node.domain in ("", "ai.onnx"):
-                fed = any(
-                    (src := producer.get(v)) is not None
-                    and src.op_type == "DequantizeLinear"
-                    and src.input[0] not in weights
-                    for v in node.input
-                )
-                feeds = any(c.op_type == "QuantizeLinear" for c in consumers[node.output[0]])
-                if fed and feeds:
-                    islands.append(f"{node.name} ({node.op_type})")
-    fused = not (float_convs or float_adds or islands)
-    return GraphCheck(dict(ops), float_convs, float_adds, islands, fused)
 
 
 def _openvino_layers(
@@ -564,46 +357,32 @@ def format_profile(report: ProfileReport, top: int | None = None) -> str:
 def write_plot(report: ProfileReport, path: Path, *, replace: bool = False) -> None:
     """Roofline-style: each Conv's achieved rate against its operations per byte, under the
     measured GEMM peak and copy bandwidth."""
-    from matplotlib.figure import Figure
+    from resnet_deploy.report.charts import OPENVINO, Layer, Series, roofline_png
 
     convs = [layer for layer in report.layers if layer.gops_per_s is not None]
     if not convs:
         raise InputError("nothing to plot: no Conv or Gemm layer was matched to a module")
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
-    axes = fig.subplots()
-    intensity = np.array([layer.ops_per_byte for layer in convs])
-    rate = np.array([layer.gops_per_s for layer in convs])
-    share = np.array([layer.share for layer in convs])
-    axes.scatter(intensity, rate, s=20 + 2000 * share, alpha=0.6, label="ONNX Runtime layers")
-    for layer, x, y in zip(convs, intensity, rate, strict=True):
-        if layer.share > 0.03:
-            axes.annotate(
-                layer.layer, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
-            )
-    xs = np.logspace(np.log10(intensity.min() / 2), np.log10(intensity.max() * 2), 100)
-    peak, bandwidth = report.peak.gops_per_s, report.peak.bandwidth_gb_per_s
-    axes.plot(xs, np.minimum(peak, bandwidth * xs), "k-", label=f"roof: {report.peak.kind}, copy")
     with_ov = [layer for layer in convs if layer.openvino_ms]
-    if with_ov:
-        axes.scatter(
-            [layer.ops_per_byte for layer in with_ov],
-            [layer.gop / (layer.openvino_ms / 1e3) for layer in with_ov],
-            marker="x",
-            label="OpenVINO, same layers",
-        )
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("operations per byte (input + weights + output)")
-    unit = "GOP/s" if report.precision == "int8" else "GFLOP/s"
-    axes.set_ylabel(unit)
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8)
+    compare = Series(
+        "OpenVINO, same layers",
+        [layer.ops_per_byte for layer in with_ov],
+        [layer.gop / (layer.openvino_ms / 1e3) for layer in with_ov],
+        OPENVINO,
+    )
     title = (
         f"{report.model.name} ({report.metadata.arch}, {report.precision}), batch "
         f"{report.batch_size}, {report.threads} threads; marker area = share of time"
     )
     if report.contention.unreliable:
         title += "\n" + report.contention.message()
-    fig.suptitle(title, fontsize=9)
-    with atomic_output(path, replace=replace) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    roofline_png(
+        path,
+        layers=[Layer(c.layer, c.ops_per_byte, c.gops_per_s, c.share) for c in convs],
+        peak=report.peak.gops_per_s,
+        bandwidth=report.peak.bandwidth_gb_per_s,
+        roof=f"roof: {report.peak.kind}, copy",
+        compare=compare if with_ov else None,
+        unit="GOP/s" if report.precision == "int8" else "GFLOP/s",
+        title=title,
+        replace=replace,
+    )

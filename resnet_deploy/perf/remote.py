@@ -21,21 +21,20 @@ import numpy as np
 
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.files import sha256_of
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.model.onnxfile import load_with_metadata
+from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.perf.bench import (
-    CV_WARNING,
-    DEFAULT_BATCH_SIZES,
-    DEFAULT_DURATION_S,
-    DEFAULT_WARMUP_S,
     LATENCY_HEADERS,
     BatchResult,
-    BenchOptions,
     BenchReport,
     bench,
-    check_options,
     latency_rows,
+)
+from resnet_deploy.perf.bench_options import DEFAULT_BATCH_SIZES, BenchOptions, check_options
+from resnet_deploy.perf.timing import (
+    CV_WARNING,
+    DEFAULT_DURATION_S,
+    DEFAULT_WARMUP_S,
     loop_bounds,
     summarize,
     too_few_runs,
@@ -91,7 +90,8 @@ def bench_endpoint(
     options = options or BenchOptions()
     check_options(options)
     check_endpoint(endpoint)
-    metadata = None if model_path is None else load_with_metadata(model_path)[1]
+    model_file = None if model_path is None else read_model(model_path, require_metadata=True)
+    metadata = None if model_file is None else model_file.metadata
     progress(f"reading the model's metadata from {endpoint.url}")
     model = connect(endpoint, default_name=metadata.arch if metadata else None)
     if metadata is not None and metadata.image_size != model.image_size:
@@ -106,7 +106,7 @@ def bench_endpoint(
         options=options,
         environment=describe_environment(),
         model_file=model_path,
-        model_sha256=sha256_of(model_path) if model_path is not None else "",
+        model_sha256=model_file.sha256 if model_file is not None else "",
         metadata=metadata,
     )
     provider = f"{model.server} over {model.protocol}"
@@ -119,11 +119,11 @@ def bench_endpoint(
             progress(f"batch {batch}: failed: {result.error}")
         result.warnings += _warnings(result)
         report.batches.append(result)
-    if model_path is not None:
+    if model_file is not None:
         progress("timing the same batch sizes in process, for the serving overhead")
         sizes = tuple(b.batch_size for b in report.batches)
         report.in_process = bench(
-            model_path, replace(options, batch_sizes=sizes, baseline="none"), progress
+            model_file, replace(options, batch_sizes=sizes, baseline="none"), progress
         )
         report.overhead = [
             _overhead(served, local)
@@ -190,7 +190,7 @@ def _warnings(result: BatchResult) -> list[str]:
             f"served latency unstable: coefficient of variation {result.cv:.2f} > {CV_WARNING} "
             "(other load on the client or server? run longer)"
         )
-    return notes + too_few_runs(result, "timed requests")
+    return notes + ([] if result.error else too_few_runs(result.runs, "timed requests"))
 
 
 def _overhead(served: BatchResult, local: BatchResult) -> ServingOverhead:

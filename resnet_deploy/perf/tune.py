@@ -45,29 +45,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from resnet_deploy.environment import Environment, describe_environment, physical_cores
 from resnet_deploy.errors import InputError, ResnetDeployError
-from resnet_deploy.files import atomic_output, write_text_atomic
+from resnet_deploy.files import write_text_atomic
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.model.onnxfile import load_with_metadata
-from resnet_deploy.perf.bench import DEFAULT_BATCH_SIZES, BenchOptions, summarize, time_parallel
+from resnet_deploy.model.onnxfile import ModelFile, read_model
+from resnet_deploy.perf.bench_options import DEFAULT_BATCH_SIZES, BenchOptions
 from resnet_deploy.perf.contention import Contention
-from resnet_deploy.report.records import format_table
-from resnet_deploy.runtime.names import CUDA, SPINNING
-from resnet_deploy.runtime.providers import (
-    SessionConfig,
-    create_session,
-    cuda_provider_options,
-    input_dtype,
-    resolve_provider,
+from resnet_deploy.perf.tune_candidates import (
+    SEARCH_CANDIDATES,
+    Bound,
+    Candidate,
+    Search,
+    batch_stage,
+    default_stage,
+    gain,
+    layout_stage,
+    precision_stage,
+    queue_delay_ms,
+    same_config,
+    serve_flags,
+    triton_config,
 )
-from resnet_deploy.runtime.runners import OrtRunner
+from resnet_deploy.report.records import format_table
+from resnet_deploy.runtime.names import CUDA
+from resnet_deploy.runtime.providers import resolve_provider
 
 if TYPE_CHECKING:
     from resnet_deploy.perf.loadgen import ScenarioResult
@@ -75,13 +81,9 @@ if TYPE_CHECKING:
 OBJECTIVES = ("throughput", "latency")
 DEFAULT_SLO_P99_MS = 15.0  # MLPerf's Server bound for ResNet50, as bench --scenario server
 DEFAULT_BUDGET_S = 180.0
-MIN_GAIN = 0.03  # a larger batch must add this much throughput to be worth its latency
-PRUNE_MARGIN = 0.10  # a precision this close to the best at batch 1 is searched further too
 LOADGEN_SHARE = 0.5  # of the budget, kept for the LoadGen peak searches (they get any rest too)
 PEAK_STEPS = 4  # LoadGen Server runs in each peak search, at most
-MAX_QUEUE_DELAY_MS = 2.0  # the batcher's wait, as bench --scenario server's default
 LOADGEN_S = 5.0
-SEARCH_CANDIDATES = 14  # about how many candidates a search measures, to size each one
 
 
 @dataclass(frozen=True)
@@ -97,36 +99,6 @@ class TuneOptions:
     triton_config: Path | None = None  # write the winner's config.pbtxt here
     plot: Path | None = None
     force: bool = False
-
-
-@dataclass
-class Candidate:
-    """One configuration and what it measured; numbers are None where it failed or was cut."""
-
-    stage: str  # default, precision, layout, batch
-    precision: str
-    model: Path
-    instances: int
-    threads: int  # intra-op threads of each instance
-    batch_size: int
-    spin: bool
-    io_binding: bool = False  # CUDA: inputs and outputs stay on the device
-    cuda_graph: bool = False  # CUDA: replay a captured graph (needs IO binding)
-    runs: int = 0
-    images_per_s: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    other_cores: float | None = None  # other processes' CPU use while it was timed
-    meets_slo: bool = False
-    error: str | None = None
-
-    def label(self) -> str:
-        extra = ", IO binding" if self.io_binding else ""
-        extra += ", CUDA graph" if self.cuda_graph else ""
-        return (
-            f"{self.precision} {self.instances}x{self.threads} threads batch {self.batch_size} "
-            f"spin {'on' if self.spin else 'off'}{extra}"
-        )
 
 
 @dataclass
@@ -198,32 +170,33 @@ def tune(
     """Search, pick, check with LoadGen, write out; see the module docstring."""
     started = time.perf_counter()
     provider = check_tune_options(model, options)
-    model = Path(model)
-    files = {}
-    for path in (model, options.int8):
-        if path is not None:
-            _, meta = load_with_metadata(Path(path))
-            if meta.batch != "dynamic":
-                raise InputError(f"{path}: has a fixed batch; tune needs a dynamic batch export")
-            files.setdefault(meta.precision, Path(path))
-    _, metadata = load_with_metadata(model)
+    read = [read_model(path, require_metadata=True) for path in (model, options.int8) if path]
+    for file in read:
+        if file.metadata.batch != "dynamic":
+            raise InputError(f"{file.path}: has a fixed batch; tune needs a dynamic batch export")
+    models: dict[str, ModelFile] = {}  # by precision, each file read once
+    for file in read:
+        models.setdefault(file.metadata.precision, file)
+    files = {precision: file.path for precision, file in models.items()}
+    metadata = read[0].metadata
     cores = physical_cores()
     search_s = options.budget_s * (1 - LOADGEN_SHARE)
     candidate_s = max(0.5, search_s / SEARCH_CANDIDATES / 1.5)
-    search = _Search(provider, metadata, options, candidate_s, started + search_s, progress)
+    bound = Bound(options.slo_p99_ms, options.objective, options.max_batch)
+    search = Search(provider, metadata, bound, candidate_s, started + search_s, progress)
     base = metadata.precision
     on_gpu = provider == CUDA  # bench's default there: IO binding on
 
-    default = _default_stage(search, files[base], base, cores, on_gpu)
-    survivors = _precision_stage(search, files, base, cores, on_gpu)
-    ranked = _layout_stage(search, files, survivors, cores)
+    default = default_stage(search, files[base], base, cores, on_gpu)
+    survivors = precision_stage(search, files, base, cores, on_gpu)
+    ranked = layout_stage(search, files, survivors, cores)
     if options.objective == "throughput":  # batching only adds latency
-        _batch_stage(search, ranked[:2])
+        batch_stage(search, ranked[:2])
 
     under = [c for c in search.candidates if c.meets_slo]
     winner = search.best(under, options.objective) if under else None
     report = TuneReport(
-        model=model,
+        model=read[0].path,
         metadata=metadata,
         provider=provider,
         cores=cores,
@@ -235,7 +208,7 @@ def tune(
         candidates=search.candidates,
         default=default,
         winner=winner,
-        gain_vs_default=_gain(winner, default),
+        gain_vs_default=gain(winner, default),
         gain_vs_default_same_precision=None,
         server_qps=None,
         default_server_qps=None,
@@ -264,13 +237,13 @@ def tune(
             and (c.instances, c.threads, c.spin) == (1, cores, True)
             and c.batch_size in DEFAULT_BATCH_SIZES
         ]
-        report.gain_vs_default_same_precision = _gain(winner, search.best(same, "throughput"))
+        report.gain_vs_default_same_precision = gain(winner, search.best(same, "throughput"))
         report.batch1 = _unbatched_alternative(search.candidates, winner, default)
-        _loadgen_stage(report, options, started + options.budget_s, progress)
+        _loadgen_stage(report, models, options, started + options.budget_s, progress)
         chosen = _finalists(report)[report.deployed]
         delay_ms = queue_delay_ms(chosen, options.slo_p99_ms)
         report.serve_flags = serve_flags(chosen, delay_ms)
-        report.triton_config = triton_config(chosen, delay_ms, provider)
+        report.triton_config = triton_config(chosen, models[chosen.precision], delay_ms, provider)
         if options.triton_config is not None:
             write_text_atomic(options.triton_config, report.triton_config, replace=options.force)
             report.triton_config_file = options.triton_config
@@ -282,263 +255,6 @@ def tune(
     return report
 
 
-class _Search:
-    """Measures candidates within the budget and remembers every one."""
-
-    def __init__(
-        self,
-        provider: str,
-        metadata: ModelMetadata,
-        options: TuneOptions,
-        candidate_s: float,
-        deadline: float,
-        progress: Callable[[str], None],
-    ) -> None:
-        self.provider = provider
-        self.metadata = metadata
-        self.options = options
-        self.candidate_s = candidate_s
-        self.deadline = deadline
-        self.progress = progress
-        self.candidates: list[Candidate] = []
-        self.pruned: list[str] = []
-        self.contention = Contention(cores=1)
-        self._first = True
-
-    def seen(self, candidate: Candidate) -> bool:
-        return any(_same(candidate, c) for c in self.candidates)
-
-    def measure(self, candidate: Candidate) -> Candidate:
-        for earlier in self.candidates:
-            if _same(candidate, earlier):
-                return earlier
-        if time.perf_counter() > self.deadline:
-            candidate.error = "not measured: the budget was spent"
-            self.pruned.append(f"{candidate.label()}: budget spent")
-            self.candidates.append(candidate)
-            return candidate
-        self.progress(f"timing {candidate.label()}")
-        try:
-            contention = time_candidate(
-                candidate, self.provider, self.metadata, self.candidate_s, self.candidate_s / 3
-            )
-        except ResnetDeployError:
-            raise
-        except Exception as exc:  # out of memory at a large batch: a result, not a crash
-            candidate.error = f"{type(exc).__name__}: {str(exc).strip().partition(chr(10))[0]}"
-        else:
-            self.contention = contention if self._first else self.contention.merge(contention)
-            self._first = False
-            candidate.meets_slo = candidate.p99_ms <= self.options.slo_p99_ms
-            self.progress(
-                f"  {candidate.images_per_s:.1f} images/s, p99 {candidate.p99_ms:.2f} ms"
-                + ("" if candidate.meets_slo else " (over the bound)")
-            )
-        self.candidates.append(candidate)
-        return candidate
-
-    @staticmethod
-    def key(objective: str) -> Callable[[Candidate], tuple]:
-        if objective == "latency":
-            return lambda c: (-c.p99_ms, c.images_per_s)
-        return lambda c: (c.images_per_s, -c.p99_ms)
-
-    def best(self, candidates: list[Candidate], objective: str) -> Candidate | None:
-        usable = [c for c in candidates if c.meets_slo]
-        return max(usable, key=self.key(objective)) if usable else None
-
-
-def _default_stage(
-    search: _Search, path: Path, precision: str, cores: int, on_gpu: bool
-) -> Candidate | None:
-    """1. The file as bench runs it by default, at bench's batch sizes up to the first that
-    misses the bound; the best of them is what gains are measured against."""
-    for batch in DEFAULT_BATCH_SIZES:
-        if batch > search.options.max_batch:
-            break
-        first = Candidate("default", precision, path, 1, cores, batch, True, on_gpu)
-        if not search.measure(first).meets_slo:
-            break
-    return search.best([c for c in search.candidates if c.stage == "default"], "throughput")
-
-
-def _precision_stage(
-    search: _Search, files: dict[str, Path], base: str, cores: int, on_gpu: bool
-) -> list[str]:
-    """2. Every other file at batch 1; the precisions worth searching further, best first."""
-    for other, path in files.items():
-        if other != base:
-            search.measure(Candidate("precision", other, path, 1, cores, 1, True, on_gpu))
-    firsts = [c for c in search.candidates if c.batch_size == 1 and c.meets_slo]
-    if not firsts:
-        return [base]
-    best = search.best(firsts, search.options.objective)
-    close = [c for c in firsts if _close(c, best, search.options.objective)]
-    survivors = [best.precision] + [c.precision for c in close if c is not best]
-    for other in files:
-        if other not in survivors:
-            search.pruned.append(
-                f"{other}: over {PRUNE_MARGIN:.0%} behind {best.precision} at batch 1"
-            )
-    return survivors
-
-
-def _layout_stage(
-    search: _Search, files: dict[str, Path], survivors: list[str], cores: int
-) -> list[Candidate]:
-    """3. Instances x threads using each core once, spinning on and off (CUDA: instances x IO
-    binding and CUDA graphs) at batch 1; those under the bound, best first."""
-    layouts = []
-    for precision in survivors:
-        path = files[precision]
-        for instances in range(1, cores + 1):
-            if search.provider == CUDA and instances <= 2:
-                for binding, graph in ((False, False), (True, False), (True, True)):
-                    layouts.append(
-                        Candidate("layout", precision, path, instances, 1, 1, True, binding, graph)
-                    )
-            elif search.provider != CUDA and cores % instances == 0:
-                threads = cores // instances
-                for spin in (True, False):
-                    layout = Candidate("layout", precision, path, instances, threads, 1, spin)
-                    layouts.append(layout)
-    measured = []
-    for layout in layouts:
-        done = search.measure(layout)
-        if done not in measured:
-            measured.append(done)
-    under = [c for c in measured if c.meets_slo]
-    ranked = sorted(under, key=search.key(search.options.objective), reverse=True)
-    for loser in ranked[2:]:
-        search.pruned.append(f"{loser.label()}: not among the two best layouts at batch 1")
-    return ranked
-
-
-def _batch_stage(search: _Search, layouts: list[Candidate]) -> None:
-    """4. Double each layout's batch while p99 stays under the bound and throughput grows."""
-    for layout in layouts:
-        previous = layout
-        batch = layout.batch_size * 2
-        while batch <= search.options.max_batch:
-            done = search.measure(replace(layout, stage="batch", batch_size=batch, runs=0))
-            if not done.meets_slo:
-                search.pruned.append(f"{layout.label()}: batch {batch} misses the bound")
-                break
-            if done.images_per_s < previous.images_per_s * (1 + MIN_GAIN):
-                search.pruned.append(
-                    f"{layout.label()}: batch {batch} adds under {MIN_GAIN:.0%} throughput"
-                )
-                break
-            previous, batch = done, batch * 2
-
-
-def _same(a: Candidate, b: Candidate) -> bool:
-    fields_ = ("model", "instances", "threads", "batch_size", "spin", "io_binding", "cuda_graph")
-    return all(getattr(a, name) == getattr(b, name) for name in fields_)
-
-
-def _close(candidate: Candidate, best: Candidate, objective: str) -> bool:
-    """Within PRUNE_MARGIN of the best: too close to drop on one short measurement."""
-    if objective == "latency":
-        return candidate.p99_ms <= best.p99_ms * (1 + PRUNE_MARGIN)
-    return candidate.images_per_s >= best.images_per_s * (1 - PRUNE_MARGIN)
-
-
-def _gain(winner: Candidate | None, default: Candidate | None) -> float | None:
-    if winner is None or default is None or not default.images_per_s:
-        return None
-    return winner.images_per_s / default.images_per_s
-
-
-def time_candidate(
-    candidate: Candidate,
-    provider: str,
-    metadata: ModelMetadata,
-    seconds: float,
-    warmup_s: float,
-) -> Contention:
-    """Run ``candidate.instances`` sessions at once, each in its own thread, for ``seconds``
-    after a warm-up; fill in the candidate's throughput and latency percentiles."""
-    options = {}
-    if provider == CUDA:
-        options = cuda_provider_options(cuda_graph=candidate.cuda_graph)
-    config = SessionConfig(
-        provider=provider,
-        provider_options=options,
-        intra_op_threads=candidate.threads,
-        graph_optimization="all",
-        session_config_entries={SPINNING: "1" if candidate.spin else "0"},
-    )
-    device = "cuda" if candidate.io_binding else None
-    runners = [
-        OrtRunner(create_session(candidate.model, config), binding_device=device)
-        for _ in range(candidate.instances)
-    ]
-    size = metadata.image_size
-    dtype = input_dtype(runners[0].session)
-    array = np.random.default_rng(0).standard_normal((candidate.batch_size, 3, size, size))
-    try:
-        every, wall, contention = time_parallel(
-            runners, array.astype(dtype), seconds=seconds, warmup_s=warmup_s
-        )
-    finally:
-        for runner in runners:
-            runner.__exit__()
-    stats = summarize(every, wall, candidate.batch_size)
-    candidate.runs = stats["runs"]
-    candidate.images_per_s = stats["images_per_s"]
-    candidate.p50_ms = stats["p50_ms"]
-    candidate.p99_ms = stats["p99_ms"]
-    candidate.other_cores = contention.other_cores
-    return contention
-
-
-def queue_delay_ms(candidate: Candidate, slo_p99_ms: float) -> float:
-    """How long a batcher may wait for a batch to fill: nothing for batch 1, else at most
-    MAX_QUEUE_DELAY_MS and half the room the bound leaves above the batch's own p99."""
-    if candidate.batch_size == 1:
-        return 0.0
-    return max(0.0, min(MAX_QUEUE_DELAY_MS, (slo_p99_ms - candidate.p99_ms) / 2))
-
-
-def serve_flags(candidate: Candidate, delay_ms: float) -> str:
-    return (
-        f"resnet-deploy serve {candidate.model} --max-batch-size {candidate.batch_size} "
-        f"--max-queue-delay-us {round(delay_ms * 1e3)} --instances {candidate.instances} "
-        f"--threads {candidate.threads} {'--spin' if candidate.spin else '--no-spin'}"
-    )
-
-
-def triton_config(winner: Candidate, delay_ms: float, provider: str) -> str:
-    """A configuration as a Triton config.pbtxt, built and checked by serving.repository."""
-    from resnet_deploy.model.onnxfile import load_onnx
-    from resnet_deploy.serving.repository import (
-        TritonOptions,
-        build_config,
-        render_config,
-        resolve_batching,
-        tensor_specs,
-    )
-
-    inputs, outputs = tensor_specs(load_onnx(winner.model))
-    options = TritonOptions(
-        repo=winner.model.parent,
-        max_batch_size=winner.batch_size,
-        preferred_batch_sizes=(winner.batch_size,) if winner.batch_size > 1 else (),
-        max_queue_delay_us=round(delay_ms * 1e3),
-        instances=winner.instances,
-        kind="gpu" if provider == CUDA else "cpu",
-        warmup=True,
-    )
-    max_batch, preferred = resolve_batching(options, inputs, outputs)
-    name = winner.model.name.removesuffix(".onnx").replace(".", "_")
-    config = build_config(name, inputs, outputs, options, max_batch, preferred, set())
-    # Triton's ONNX Runtime backend reads its session threads from these parameters.
-    config.parameters["intra_op_thread_count"].string_value = str(winner.threads)
-    config.parameters["inter_op_thread_count"].string_value = "1"
-    return render_config(config, "config.pbtxt")
-
-
 def _unbatched_alternative(
     candidates: list[Candidate], winner: Candidate, default: Candidate | None
 ) -> Candidate | None:
@@ -548,7 +264,7 @@ def _unbatched_alternative(
         return None
     unbatched = [c for c in candidates if c.batch_size == 1 and c.meets_slo]
     best = max(unbatched, key=lambda c: c.images_per_s or 0, default=None)
-    if best is None or (default is not None and _same(best, default)):
+    if best is None or (default is not None and same_config(best, default)):
         return None
     return best
 
@@ -559,13 +275,17 @@ def _finalists(report: TuneReport) -> dict[str, Candidate]:
     finalists = {"winner": report.winner}
     if report.batch1 is not None:
         finalists["batch 1"] = report.batch1
-    if report.default is not None and not _same(report.default, report.winner):
+    if report.default is not None and not same_config(report.default, report.winner):
         finalists["default"] = report.default
     return finalists
 
 
 def _loadgen_stage(
-    report: TuneReport, options: TuneOptions, end: float, progress: Callable[[str], None]
+    report: TuneReport,
+    models: dict[str, ModelFile],
+    options: TuneOptions,
+    end: float,
+    progress: Callable[[str], None],
 ) -> None:
     """5. LoadGen Server's peak search at the bound on each finalist in turn, each in an equal
     share of the time left; the one with the highest VALID target QPS is deployed (the winner
@@ -574,7 +294,8 @@ def _loadgen_stage(
     found: dict[str, ScenarioResult | None] = {}
     for index, (name, candidate) in enumerate(finalists.items()):
         budget_s = (end - time.perf_counter()) / (len(finalists) - index)
-        found[name] = _peak_search(report, name, candidate, budget_s, options, progress)
+        model = models[candidate.precision]
+        found[name] = _peak_search(report, name, candidate, model, budget_s, options, progress)
     report.loadgen = found["winner"]
     report.batch1_loadgen = found.get("batch 1")
     default_found = found.get("default", report.loadgen)
@@ -602,6 +323,7 @@ def _peak_search(
     report: TuneReport,
     name: str,
     candidate: Candidate,
+    model: ModelFile,
     budget_s: float,
     options: TuneOptions,
     progress: Callable[[str], None],
@@ -639,7 +361,7 @@ def _peak_search(
         f"up to {PEAK_STEPS} steps in {budget_s:.0f} s"
     )
     try:
-        return run_scenario(candidate.model, scenario, progress=progress)
+        return run_scenario(model, scenario, progress=progress)
     except InputError:
         raise
     except ResnetDeployError as exc:  # no step could run (budget, bound): a result, not a crash
@@ -732,31 +454,23 @@ def _loadgen_lines(report: TuneReport) -> list[str]:
 
 def write_plot(report: TuneReport, path: Path, *, replace: bool = False) -> None:
     """Throughput against p99 for every candidate measured, the bound and the winner marked."""
-    from matplotlib.figure import Figure
+    from resnet_deploy.report.charts import EAGER, INT8, OPENVINO, ORT, Marker, Series, tune_png
 
     done = [c for c in report.candidates if c.images_per_s is not None]
     if not done:
         raise InputError("nothing to plot: no candidate was measured")
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    axes = fig.subplots()
-    for stage, marker in (("default", "s"), ("precision", "D"), ("layout", "o"), ("batch", "^")):
+    groups = []
+    styles = (("default", EAGER), ("precision", INT8), ("layout", ORT), ("batch", OPENVINO))
+    for stage, style in styles:
         chosen = [c for c in done if c.stage == stage]
         if chosen:
-            p99 = [c.p99_ms for c in chosen]
-            axes.scatter(p99, [c.images_per_s for c in chosen], marker=marker, label=stage)
-    axes.axvline(report.slo_p99_ms, color="r", linestyle="--", label="p99 bound")
-    if report.winner is not None:
-        w = report.winner
-        point = (w.p99_ms, w.images_per_s)
-        axes.scatter(*point, s=200, facecolors="none", edgecolors="k", label="winner")
-        axes.annotate(w.label(), point, fontsize=7, xytext=(5, -12), textcoords="offset points")
-    axes.set_xlabel("p99 latency per batch (ms)")
-    axes.set_ylabel("images/s")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+            xs, ys = [c.p99_ms for c in chosen], [c.images_per_s for c in chosen]
+            groups.append(Series(stage, xs, ys, style))
+    w = report.winner
+    winner = Marker(w.p99_ms, w.label(), y=w.images_per_s) if w is not None else None
     title = f"tune {report.model.name}: {report.provider}, {report.cores} cores"
     if report.contention.unreliable:
         title += "\n" + report.contention.message()
-    fig.suptitle(title, fontsize=9)
-    with atomic_output(path, replace=replace) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    tune_png(
+        path, groups=groups, bound=report.slo_p99_ms, winner=winner, title=title, replace=replace
+    )

@@ -11,11 +11,12 @@ query here; this package only supplies the two objects it asks for and reads its
   clock runs;
 - a system under test (SUT, ``sut``): our ONNX Runtime session in this process behind a
   batching worker, or a served model (Triton, KServe v2) reached through tritonclient with
-  many requests in flight. Everything else (``driver``, ``results``) is shared by both.
+  many requests in flight. Everything else (``prepare``, ``driver``, ``results``) is shared by
+  both.
 
-The verdict, throughput and percentiles come from LoadGen's own ``mlperf_log_summary.txt``;
-LoadGen's errors come from ``mlperf_log_detail.txt``; top-1 accuracy from its
-``mlperf_log_accuracy.json``, cross-checked against the responses the SUT sent.
+The verdict, throughput, percentiles and LoadGen's errors come from its structured
+``mlperf_log_detail.txt`` (``logs``); top-1 accuracy from its ``mlperf_log_accuracy.json``,
+cross-checked against the responses the SUT sent.
 """
 
 from resnet_deploy.perf.loadgen.driver import run_scenario

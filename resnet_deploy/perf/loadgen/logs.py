@@ -1,63 +1,61 @@
-"""LoadGen's own logs, read back: the summary, the detail records, the accuracy log.
+"""LoadGen's own logs, read back: the detail log's records, and the accuracy log.
 
-We report LoadGen's verdict and figures as LoadGen wrote them, so they are parsed from its
-files rather than recomputed.
+We report LoadGen's verdict and figures as LoadGen wrote them, so they are read from its files
+rather than recomputed; from ``mlperf_log_detail.txt`` alone, whose ``:::MLLOG`` lines are JSON
+records with typed values (the summary text states the same numbers for people).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from resnet_deploy.errors import ResnetDeployError
+
+DETAIL_LOG = "mlperf_log_detail.txt"
+# The detail log's checks, named as LoadGen's summary names them, in its order.
+CHECKS = {
+    "result_perf_constraints_met": "Performance constraints satisfied",
+    "result_min_duration_met": "Min duration satisfied",
+    "result_min_queries_met": "Min queries satisfied",
+    "early_stopping_met": "Early stopping satisfied",
+}
+
 
 @dataclass
-class Summary:
-    """``mlperf_log_summary.txt``: its "key : value" lines, Yes/NO checks and bullet lists."""
+class DetailLog:
+    """``mlperf_log_detail.txt``: the last value of each key, and the errors and warnings."""
 
-    values: dict[str, str] = field(default_factory=dict)
-    checks: dict[str, bool] = field(default_factory=dict)  # "Min duration satisfied": True
-    recommendations: list[str] = field(default_factory=list)
-    early_stopping: list[str] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
+    def number(self, key: str) -> float | None:
+        value = self.values.get(key)
+        return float(value) if isinstance(value, int | float) else None
 
-def parse_summary(text: str) -> Summary:
-    summary = Summary()
-    section: list[str] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or set(line) == {"="}:
-            section = None
-            continue
-        if line == "Recommendations:":
-            section = summary.recommendations
-        elif line == "Early Stopping Result:":
-            section = summary.early_stopping
-        elif section is not None and line.startswith("* "):
-            section.append(line[2:])
-        elif section is not None and raw.startswith(" ") and section:
-            section[-1] += " " + line  # a bullet LoadGen wrapped onto several lines
-        else:
-            section = None
-            key, sep, value = line.partition(":")
-            if not sep:
-                continue
-            key, value = key.strip(), value.strip()
-            if key.endswith("satisfied") and value in ("Yes", "NO"):
-                summary.checks[key] = value == "Yes"
-            else:
-                summary.values.setdefault(key, value)
-    return summary
+    def checks(self) -> dict[str, bool]:
+        """Each check LoadGen made: "Min duration satisfied": True."""
+        return {name: bool(self.values[key]) for key, name in CHECKS.items() if key in self.values}
+
+    def recommendations(self) -> list[str]:
+        """LoadGen's advice on an INVALID run, one sentence each (it logs them run together)."""
+        text = str(self.values.get("result_invalid_reason") or "")
+        return [part for part in re.split(r"(?<=\.)\s+", text.strip()) if part]
+
+    def early_stopping(self) -> list[str]:
+        """The early-stopping result's bullets, each on one line (LoadGen wraps some)."""
+        text = str(self.values.get("early_stopping_result") or "")
+        return [" ".join(part.split()) for part in text.split(" * ") if part.strip()]
 
 
-def parse_detail(text: str) -> dict[str, Any]:
-    """``mlperf_log_detail.txt``'s MLLOG records: the last value of each key, errors, warnings."""
-    values: dict[str, Any] = {}
-    errors: list[str] = []
-    warnings: list[str] = []
+def parse_detail(text: str) -> DetailLog:
+    log = DetailLog()
     for line in text.splitlines():
         if not line.startswith(":::MLLOG "):
             continue
@@ -65,13 +63,21 @@ def parse_detail(text: str) -> dict[str, Any]:
             record = json.loads(line[len(":::MLLOG ") :])
         except json.JSONDecodeError:
             continue
-        values[record.get("key")] = record.get("value")
+        log.values[record.get("key")] = record.get("value")
         meta = record.get("metadata", {})
         if meta.get("is_error"):
-            errors.append(str(record.get("value")))
+            log.errors.append(str(record.get("value")))
         elif meta.get("is_warning"):
-            warnings.append(str(record.get("value")))
-    return {"values": values, "errors": errors, "warnings": warnings}
+            log.warnings.append(str(record.get("value")))
+    return log
+
+
+def read_detail(logs: Path) -> DetailLog:
+    """The detail log LoadGen wrote into ``logs``."""
+    path = Path(logs) / DETAIL_LOG
+    if not path.is_file():
+        raise ResnetDeployError(f"LoadGen wrote no {DETAIL_LOG} into {logs}")
+    return parse_detail(path.read_text())
 
 
 def read_accuracy_log(path: Path) -> dict[int, int]:
@@ -81,10 +87,3 @@ def read_accuracy_log(path: Path) -> dict[int, int]:
         int(e["qsl_idx"]): int(np.frombuffer(bytes.fromhex(e["data"]), np.int32)[0])
         for e in entries
     }
-
-
-def parse_number(text: str | None, kind: type = float) -> Any:
-    try:
-        return kind(text) if text is not None else None
-    except ValueError:
-        return None

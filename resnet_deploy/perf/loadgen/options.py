@@ -8,7 +8,7 @@ from pathlib import Path
 from resnet_deploy.environment import Environment
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.perf.bench import BenchOptions, check_options
+from resnet_deploy.perf.bench_options import BenchOptions, check_options
 from resnet_deploy.runtime.memory import check_fits
 from resnet_deploy.serving.client import EndpointOptions, check_endpoint
 

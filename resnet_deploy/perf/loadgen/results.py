@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resnet_deploy.environment import describe_environment
 from resnet_deploy.errors import ResnetDeployError
-from resnet_deploy.files import sha256_of
-from resnet_deploy.perf.loadgen.logs import (
-    Summary,
-    parse_detail,
-    parse_number,
-    parse_summary,
-    read_accuracy_log,
-)
+from resnet_deploy.perf.loadgen.logs import DetailLog, read_accuracy_log, read_detail
 from resnet_deploy.perf.loadgen.options import (
     MLPERF_MODEL,
     OVERLOAD_FACTOR,
@@ -23,80 +16,75 @@ from resnet_deploy.perf.loadgen.options import (
     ScenarioOptions,
     ScenarioResult,
 )
+from resnet_deploy.perf.loadgen.prepare import Prepared
 from resnet_deploy.perf.loadgen.sut import Sut
 from resnet_deploy.report.records import format_table
 
-if TYPE_CHECKING:
-    from resnet_deploy.perf.loadgen.driver import _Prepared
-
 
 def read_result(
-    prepared: _Prepared,
+    prepared: Prepared,
     options: ScenarioOptions,
     logs: Path,
     settings: Any,
     target_qps: float | None,
     sut: Sut,
 ) -> ScenarioResult:
-    """The result as LoadGen's summary and detail logs state it, with what the SUT ran."""
-    summary_file = logs / "mlperf_log_summary.txt"
-    if not summary_file.is_file():
-        raise ResnetDeployError(f"LoadGen wrote no summary into {logs}")
-    summary = parse_summary(summary_file.read_text())
-    detail_file = logs / "mlperf_log_detail.txt"
-    detail = parse_detail(detail_file.read_text() if detail_file.is_file() else "")
-    values = summary.values
+    """The result as LoadGen's detail log states it, with what the SUT ran."""
+    detail = read_detail(logs)
+    values = detail.values
     scenario = prepared.scenario
-    samples_per_query = parse_number(values.get("samples_per_query"), int)
-    mean_ns = parse_number(values.get("Mean latency (ns)"))
-    samples_per_s = parse_number(
-        values.get("Completed samples per second") or values.get("Samples per second")
+    # MultiStream's figures are per query (LoadGen's summary states the same ones)
+    per_query = scenario == "MultiStream"
+    latency = "_query_latency_ns" if per_query else "_latency_ns"
+    percentile = "_percentile_per_query_latency_ns" if per_query else "_percentile_latency_ns"
+    samples_per_query = values.get("effective_samples_per_query")
+    mean_ns = detail.number(f"result_mean{latency}")
+    samples_per_s = detail.number(
+        "result_completed_samples_per_sec" if scenario == "Server" else "result_samples_per_second"
     )
     if samples_per_s is None and mean_ns and samples_per_query:
         samples_per_s = samples_per_query * 1e9 / mean_ns
-    headline = next(
-        (
-            (float(m[1]), parse_number(value))
-            for key, value in values.items()
-            if (m := re.fullmatch(r"([\d.]+)th percentile latency \(ns\)", key))
-        ),
-        (None, None),
-    )
+    headline = metric_ms = None  # the scenario's own metric: SingleStream's p90, MultiStream's p99
+    target = detail.number("effective_target_latency_percentile")
+    if scenario in ("SingleStream", "MultiStream") and target:
+        headline = 100 * target
+        metric_ms = _ms(detail.number(f"result_{headline:.2f}{percentile}"))
     estimate = next(
         (
-            parse_number(m[1])
-            for line in summary.early_stopping
+            float(m[1])
+            for line in detail.early_stopping()
             if (m := re.search(r"percentile estimate: (\d+)", line))
         ),
         None,
     )
-    bound_ns = parse_number(values.get("target_latency (ns)"))
+    bound_ns = detail.number("effective_target_latency_ns")
+    model = prepared.model
     result = ScenarioResult(
-        model=prepared.path,
-        model_sha256=sha256_of(prepared.path) if prepared.path is not None else "",
-        metadata=prepared.metadata,
+        model=model.path if model is not None else None,
+        model_sha256=model.sha256 if model is not None else "",
+        metadata=model.metadata if model is not None else None,
         provider=prepared.provider,
         threads=prepared.threads,
         input_dtype=prepared.library.dtype.name,
         scenario=scenario,
-        mode=values.get("Mode", str(settings.mode).rpartition(".")[2]),
+        mode=values.get("effective_test_mode", str(settings.mode).rpartition(".")[2]),
         official=options.official,
         # AccuracyOnly has no performance verdict: valid means LoadGen reported no error
-        valid=not detail["errors"] if options.accuracy else values.get("Result is") == "VALID",
+        valid=not detail.errors if options.accuracy else values.get("result_validity") == "VALID",
         invalid_reasons=[],
         samples_per_s=samples_per_s,
-        latency_metric_ms=_ms(headline[1]),
-        latency_metric_percentile=headline[0],
+        latency_metric_ms=metric_ms,
+        latency_metric_percentile=headline,
         early_stopping_estimate_ms=_ms(estimate),
         target_qps=target_qps if scenario in ("Server", "Offline") else None,
         latency_bound_ms=bound_ns / 1e6 if scenario == "Server" and bound_ns else None,
         samples_per_query=samples_per_query,
-        queries=detail["values"].get("result_query_count"),
-        min_ms=_ms(parse_number(values.get("Min latency (ns)"))),
+        queries=values.get("result_query_count"),
+        min_ms=_ms(detail.number(f"result_min{latency}")),
         mean_ms=_ms(mean_ns),
-        max_ms=_ms(parse_number(values.get("Max latency (ns)"))),
-        min_duration_ms=parse_number(values.get("min_duration (ms)"), int),
-        min_query_count=parse_number(values.get("min_query_count"), int),
+        max_ms=_ms(detail.number(f"result_max{latency}")),
+        min_duration_ms=values.get("effective_min_duration_ms"),
+        min_query_count=values.get("effective_min_query_count"),
         instances=prepared.instances,
         max_batch=prepared.max_batch,
         batch_timeout_ms=prepared.timeout_s * 1e3,
@@ -108,19 +96,17 @@ def read_result(
         concurrency=prepared.concurrency,
         sample_source=prepared.source,
         sample_count=prepared.library.count,
-        early_stopping=summary.early_stopping,
-        recommendations=summary.recommendations,
-        loadgen_errors=detail["errors"],
-        loadgen_warnings=detail["warnings"],
-        loadgen_version=str(detail["values"].get("loadgen_version", "")),
+        early_stopping=detail.early_stopping(),
+        recommendations=detail.recommendations(),
+        loadgen_errors=detail.errors,
+        loadgen_warnings=detail.warnings,
+        loadgen_version=str(values.get("loadgen_version", "")),
         environment=describe_environment(),
     )
-    for percentile, name in PERCENTILE_FIELDS.items():
-        setattr(
-            result, name, _ms(parse_number(values.get(f"{percentile} percentile latency (ns)")))
-        )
-    result.invalid_reasons = _invalid_reasons(result, summary)
-    arch = prepared.metadata.arch if prepared.metadata else None
+    for level, name in PERCENTILE_FIELDS.items():
+        setattr(result, name, _ms(detail.number(f"result_{level}{percentile}")))
+    result.invalid_reasons = _invalid_reasons(result, detail)
+    arch = result.metadata.arch if result.metadata else None
     if options.official and arch != MLPERF_MODEL:
         result.notes.append(
             f"--official applies MLPerf's {MLPERF_MODEL} settings to this {arch or 'model'}"
@@ -132,12 +118,12 @@ def _ms(ns: float | None) -> float | None:
     return None if ns is None else ns / 1e6
 
 
-def _invalid_reasons(result: ScenarioResult, summary: Summary) -> list[str]:
+def _invalid_reasons(result: ScenarioResult, detail: DetailLog) -> list[str]:
     """Why LoadGen said INVALID, in its own words, with the figures its checks compared."""
     if result.valid:
         return []
     reasons = []
-    for check, satisfied in summary.checks.items():
+    for check, satisfied in detail.checks().items():
         if satisfied:
             continue
         reason = check.replace("satisfied", "not satisfied")
@@ -147,10 +133,10 @@ def _invalid_reasons(result: ScenarioResult, summary: Summary) -> list[str]:
             reason += f" (minimum {result.min_duration_ms / 1e3:g} s)"
         elif check.startswith("Min queries") and result.min_query_count:
             reason += f" (minimum {result.min_query_count})"
-        elif check.startswith("Early stopping") and summary.early_stopping:
-            reason += ": " + " ".join(summary.early_stopping)
+        elif check.startswith("Early stopping") and result.early_stopping:
+            reason += ": " + " ".join(result.early_stopping)
         reasons.append(reason)
-    reasons += [f"LoadGen recommends: {text}" for text in summary.recommendations]
+    reasons += [f"LoadGen recommends: {text}" for text in result.recommendations]
     for text in result.loadgen_errors:
         if "Too many outstanding queries" in text and not result.official:
             text += (
@@ -158,10 +144,10 @@ def _invalid_reasons(result: ScenarioResult, summary: Summary) -> list[str]:
                 "the latency bound to serve: the target QPS is beyond this system)"
             )
         reasons.append(f"LoadGen error: {text}")
-    return reasons or ["LoadGen's summary says INVALID without a reason"]
+    return reasons or ["LoadGen's detail log says INVALID without a reason"]
 
 
-def accuracy(result: ScenarioResult, prepared: _Prepared, logs: Path, sut: Sut) -> None:
+def accuracy(result: ScenarioResult, prepared: Prepared, logs: Path, sut: Sut) -> None:
     """Top-1 from LoadGen's accuracy log, which must agree with what the SUT sent."""
     logged = read_accuracy_log(logs / "mlperf_log_accuracy.json")
     if logged != sut.predictions:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.perf.bench import summarize, time_parallel
 from resnet_deploy.perf.loadgen.samples import SampleLibrary
+from resnet_deploy.perf.timing import summarize, time_parallel
 from resnet_deploy.runtime.runners import OrtRunner
 from resnet_deploy.serving.client import EndpointModel, ModelClient, time_requests
 
