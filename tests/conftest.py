@@ -1,4 +1,5 @@
-"""Shared fixtures: exports are slow (seconds each), so each one is made once per session."""
+"""Shared fixtures and hooks: exports are slow (seconds each), so each one is made once per
+session. Constants and plain helpers are in helpers.py (this module is pytest's, not imported)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,6 @@ import torch
 
 from resnet_deploy.convert.export import ExportOptions, ExportResult, export_model
 from resnet_deploy.environment import gpus
-
-# Measured on this project's reference CPU: ONNX Runtime against eager PyTorch, random weights
-# (logits of std ~1, |max| ~5), ResNet50 both variants, batches 1-8: max |diff| <= 8e-5. These
-# bounds leave a 6x margin; a wrong op (one ReLU, a mis-folded BatchNorm) errs by 1e-2 or more.
-ATOL = 5e-4
-RTOL = 1e-3
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -48,8 +43,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ExportRe
     return make
 
 
-def images(batch: int, size: int = 224, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+@pytest.fixture(scope="session")
+def r18(exported: Callable[..., ExportResult]) -> Path:
+    """The torchvision ResNet18 (random weights, seed 0) at 224x224 with a dynamic batch: the
+    model most tests run, exported once."""
+    return exported("resnet18").output
 
 
 @pytest.fixture

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_deploy.data import images
 from resnet_deploy.data.images import list_images, load_batch, load_image
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import IMAGENET_MEAN, IMAGENET_STD
@@ -120,13 +123,60 @@ def test_truncated_and_fake_images_name_the_file(tmp_path: Path) -> None:
         load_image(fake, 32)
 
 
-def test_decompression_bomb_limit_stays_on(tmp_path: Path, monkeypatch) -> None:
-    assert Image.MAX_IMAGE_PIXELS is not None
-    path = tmp_path / "huge.png"
-    Image.new("RGB", (64, 64)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
-    with pytest.raises(InputError, match=r"huge.png: cannot read image.*decompression bomb"):
+def png_header(width: int, height: int) -> bytes:
+    """A 65-byte PNG that claims ``width`` x ``height`` RGB pixels and holds none."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_a_decompression_bomb_is_refused_as_such_naming_the_file(tmp_path: Path) -> None:
+    # 20000 x 20000 claimed in 65 bytes: 1.2 GB once decoded. With the limit on, as our loader
+    # keeps it, the file is refused at open; with it off, it would be allocated and then found
+    # truncated, a different error.
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header(20000, 20000))
+    with pytest.raises(InputError, match=r"bomb.png: cannot read image \(.*decompression bomb"):
         load_image(path, 32)
+
+
+def test_the_resize_limit_is_exact(tmp_path: Path, monkeypatch) -> None:
+    # 64x32 for a 32 crop: the short side becomes round(32 * 256 / 224) = 37, the long side
+    # int(37 * 64 / 32) = 74, so the resize makes 74 x 37 = 2738 pixels.
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (64, 32), RED).save(path)
+    monkeypatch.setattr(images, "MAX_RESIZED_PIXELS", 74 * 37)
+    assert_colour(load_image(path, 32), RED)
+    monkeypatch.setattr(images, "MAX_RESIZED_PIXELS", 74 * 37 - 1)
+    with pytest.raises(InputError) as refused:
+        load_image(path, 32)
+    assert str(refused.value) == (
+        f"{path}: a 64x32 image would be resized to 74x37 pixels for a 32x32 crop, over the "
+        "limit of 2737: its aspect ratio is too extreme for the ImageNet recipe"
+    )
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_the_resize(tmp_path: Path, monkeypatch) -> None:
+    # 20000x1 in a few hundred bytes would be resized to 5,120,000 x 256 (3.9 GB of RGB). The
+    # limit is Pillow's bound on decoded images, and nothing is resized before it is checked.
+    path = tmp_path / "line.png"
+    Image.new("RGB", (20000, 1)).save(path)
+
+    def no_resize(*args: object, **kwargs: object) -> None:
+        raise AssertionError("resized before the size was checked")
+
+    monkeypatch.setattr(Image.Image, "resize", no_resize)
+    with pytest.raises(InputError) as refused:
+        load_image(path, 224)
+    assert str(refused.value).startswith(
+        f"{path}: a 20000x1 image would be resized to 5120000x256 pixels for a 224x224 crop, "
+        f"over the limit of {Image.MAX_IMAGE_PIXELS}:"
+    )
 
 
 def test_list_images_sorted_recursive_by_extension(tmp_path: Path) -> None:
