@@ -1,8 +1,14 @@
-"""One exception family; the CLI turns each into a one-line message and an exit code."""
+"""One exception family; the CLI turns each into a one-line message and an exit code.
+
+The library speaks in its own terms: a message names the concept ("the p99 bound"), and
+``options`` names the option fields it concerns (``slo_p99_ms``), as the options dataclasses
+spell them. A front end maps those to its own spelling: the CLI to its flags, a Python caller
+to the keyword arguments it passed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -10,6 +16,10 @@ class ResnetDeployError(Exception):
     """Base of every error this toolkit raises on purpose. Exit code 2: bad usage or input."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, options: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.options = tuple(options)
 
 
 class InputError(ResnetDeployError):

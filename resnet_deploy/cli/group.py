@@ -6,6 +6,7 @@ clean exit; ``--debug`` shows tracebacks instead. Each command lives in the modu
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -14,20 +15,6 @@ from typing import Any
 import click
 
 from resnet_deploy import __version__
-from resnet_deploy.cli import (
-    bench,
-    doctor,
-    export,
-    optimize,
-    page,
-    predict,
-    profile,
-    run,
-    serve,
-    triton,
-    tune,
-    verify,
-)
 from resnet_deploy.errors import ResnetDeployError, Terminated
 
 EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
@@ -35,10 +22,14 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 class ToolError(click.ClickException):
-    """A library error as a one-line message with the error's own exit code."""
+    """A library error as a one-line message with the error's own exit code, led by the flags
+    of the option fields it names (``slo_p99_ms`` -> ``--slo-p99-ms``)."""
 
-    def __init__(self, error: ResnetDeployError) -> None:
-        super().__init__(str(error))
+    def __init__(self, error: ResnetDeployError, command: click.Command | None = None) -> None:
+        flags = {param.name: param.opts[0] for param in command.params} if command else {}
+        named = [flags[option] for option in error.options if option in flags]
+        message = str(error)
+        super().__init__(f"{', '.join(named)}: {message}" if named else message)
         self.exit_code = error.exit_code
 
 
@@ -58,7 +49,8 @@ class Group(click.Group):
         except ResnetDeployError as exc:
             if ctx.meta.get("debug"):
                 raise
-            raise ToolError(exc) from None
+            name = ctx.invoked_subcommand
+            raise ToolError(exc, self.get_command(ctx, name) if name else None) from None
         except MemoryError:
             if ctx.meta.get("debug"):
                 raise
@@ -104,18 +96,19 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.meta["debug"] = debug
 
 
-for module in (
-    bench,
-    doctor,
-    export,
-    optimize,
-    page,
-    predict,
-    profile,
-    run,
-    serve,
-    triton,
-    tune,
-    verify,
-):
-    main.add_command(module.command)
+COMMANDS = (
+    "bench",
+    "doctor",
+    "export",
+    "optimize",
+    "page",
+    "predict",
+    "profile",
+    "run",
+    "serve",
+    "triton",
+    "tune",
+    "verify",
+)
+for name in COMMANDS:  # each command is the ``command`` of the module of its name
+    main.add_command(importlib.import_module(f"resnet_deploy.cli.{name}").command)
