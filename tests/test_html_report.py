@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,14 +21,15 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 from PIL import Image
 
+import resnet_deploy
 import resnet_deploy.convert.export as export_module
 from resnet_deploy.cli import main
 from resnet_deploy.files import sha256_of
 from resnet_deploy.pipeline import RunOptions, run_pipeline
-from resnet_deploy.report.page import write_page
+from resnet_deploy.report import charts
+from resnet_deploy.report.page import render_page, write_page
 from resnet_deploy.report.records import format_cell
-from resnet_deploy.report.svg import Axis, Chart, Style, linear_axis, log_axis, nice_step
-from tests.test_pipeline import tampered
+from tests.helpers import tampered
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
 BATCHES = (1, 2)
@@ -104,8 +107,15 @@ def parse(folder: Path) -> Element:
 
 
 def series_points(svg: Element) -> list[int]:
-    """How many points each drawn series of a chart has."""
-    return [len(path.attrs["d"].split("L")) for path in svg.all("path", "series")]
+    """How many points each line of a chart has: matplotlib draws a line as one path inside
+    the group that ``charts`` names ``KEY-series-N``."""
+    groups = [g for g in svg.all("g") if "-series-" in g.attrs.get("id", "")]
+    return [len(g.all("path")[0].attrs["d"].split("L")) for g in groups]
+
+
+def markers(svg: Element, gid: str) -> int:
+    """How many markers matplotlib drew for the artist ``charts`` named ``gid``."""
+    return len(svg.by_id(gid).all("use"))
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +140,7 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_passing_run_page_holds_every_section_table_and_chart(passing: Path) -> None:
     record = json.loads((passing / "report.json").read_text())
     page = parse(passing)
@@ -206,6 +217,7 @@ def test_a_passing_run_page_holds_every_section_table_and_chart(passing: Path) -
     assert {"report.html", "model.int8.onnx"} <= {a.text for a in page.by_id("files").all("a")}
 
 
+@pytest.mark.slow
 def test_a_failing_run_page_shows_the_first_divergent_layer(failing: Path) -> None:
     record = json.loads((failing / "report.json").read_text())
     page = parse(failing)
@@ -230,11 +242,14 @@ def test_a_failing_run_page_shows_the_first_divergent_layer(failing: Path) -> No
 
     (chart,) = page.all("svg")
     assert any(t.text == "first divergence: layer2.0.conv1" for t in chart.all("text"))
-    assert len(chart.all("circle")) > len(layers)  # each point, and the divergent ones again
+    assert markers(chart, "layers-series-0") == len(layers)
+    assert markers(chart, "layers-beyond") == sum(marked) > 0  # the divergent ones again
+    assert markers(chart, "layers-first") == 1
     assert "Skipped: verification failed" in page.by_id("bench").text
     assert not page.all("table", "bench")
 
 
+@pytest.mark.slow
 def test_profile_and_tune_records_beside_the_run_are_shown_defensively(
     failing: Path, tmp_path: Path
 ) -> None:
@@ -276,33 +291,80 @@ def test_page_needs_a_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "report.html").exists()
 
 
-def test_chart_axes_end_on_round_ticks_and_clamp_what_lies_outside() -> None:
-    assert [nice_step(raw) for raw in (0.37, 1.0, 12.0, 0.0)] == [0.5, 1.0, 20.0, 1.0]
-    linear = linear_axis([3.2, 47.0], label="images/s", zero=True)
-    assert (linear.low, linear.high) == (0.0, 50.0)
-    assert [value for value, _ in linear.tick_marks()] == [0, 10, 20, 30, 40, 50]
-    flat = linear_axis([5.0, 5.0], label="one run")  # a single value still gets a range
-    assert flat.low <= 5.0 < flat.high
-    log = log_axis([2e-6, 0.3, 0.0, float("inf")], label="error")
-    assert (log.low, log.high) == (1e-6, 1.0)
-    assert [label for _, label in log.tick_marks()] == [
-        "1e-6",
-        "1e-5",
-        "1e-4",
-        "1e-3",
-        "0.01",
-        "0.1",
-        "1",
-    ]
-    assert log.fraction(1e-9) == 0.0 and log.fraction(10.0) == 1.0
-    chart = Chart(Axis(0, 1), log, "empty except one series")
-    chart.series([(0.0, 1e-5), (1.0, 1e-3)], Style("#000"), label="a", tips=["x", "y"])
-    svg = Page(chart.render()).root
-    (path,) = svg.all("path", "series")
-    assert len(path.attrs["d"].split("L")) == 2 and [t.text for t in svg.all("title")][1:] == [
-        "x",
-        "y",
-    ]
+HOSTILE = '"><script>alert(1)</script><img src=x onerror=alert(1)>'
+
+
+@pytest.mark.slow
+def test_hostile_strings_in_a_record_or_folder_are_shown_as_text(
+    failing: Path, tmp_path: Path
+) -> None:
+    record = json.loads((failing / "report.json").read_text())
+    record["command"] = f"resnet-deploy run -o '{HOSTILE}'"
+    record["export"]["output"] = f"{HOSTILE}.onnx"
+    record["artifacts"] = [f"{HOSTILE}.csv"]
+    found = record["verify"]["localization"]
+    divergent = next(x for x in found["layers"] if x["name"] == found["first_divergence"]["name"])
+    divergent["name"] = found["first_divergence"]["name"] = HOSTILE
+    (tmp_path / "profile.json").write_text(json.dumps([{HOSTILE: HOSTILE}]))
+    unsafe_name = "profile<img src=x onerror=alert(1)>.png"  # a file name may hold markup too
+    (tmp_path / unsafe_name).write_text("not a png")
+
+    text = render_page(record, tmp_path)
+    page = Page(text).root
+    assert not page.all("script") and not [e for e in page.all() if "onerror" in e.attrs]
+    assert len(page.all("img")) == 0 and "<script>" not in text
+    (header,) = page.all("header")
+    assert f"first departs from the eager model at {HOSTILE}" in header.text
+    assert header.all("p", "command")[0].text == f"command: resnet-deploy run -o '{HOSTILE}'"
+    assert f"{Path(HOSTILE).name}.onnx (" in header.text  # the file's name, not its path
+    assert page.all("div", "divergence")[0].all("p", "name")[0].text == HOSTILE
+    (chart,) = page.all("svg")
+    assert f"first divergence: {HOSTILE}" in [t.text for t in chart.all("text")]
+    assert HOSTILE in [row[0] for row in page.table("layers")]
+    (profile,) = page.by_id("profile").all("table", "profile")
+    assert [th.text for th in profile.all("th")] == [HOSTILE]
+    assert f"{unsafe_name}: not shown" in page.by_id("profile").text
+    links = {a.attrs["href"]: a.text for a in page.by_id("files").all("a")}
+    artifact = Path(f"{HOSTILE}.csv").name
+    assert links[artifact] == artifact and links[unsafe_name] == unsafe_name
+
+
+@pytest.mark.slow
+def test_the_page_holds_no_path_of_this_installation(passing: Path) -> None:
+    text = (passing / "report.html").read_text()
+    assert "file:" not in text and "/site-packages/" not in text
+    installed = (Path(resnet_deploy.__file__).parent.parent, Path(sys.prefix), Path.home())
+    assert not [str(path) for path in installed if str(path) in text]
+
+
+def test_charts_are_deterministic_inline_svg_with_their_own_ids() -> None:
+    lines = [charts.Series("a <b> & c", [1, 2, 4], [3.0, 5.0, 4.0], charts.ORT)]
+    first = charts.throughput_svg(lines, [1, 2, 4])
+    assert first == charts.throughput_svg(lines, [1, 2, 4])  # no date, no random ids
+    assert first.startswith("<svg") and "<?xml" not in first and "<!DOCTYPE" not in first
+    svg = Page(first).root
+    assert svg.all("title")[0].text == "throughput against batch size"
+    assert series_points(svg) == [3] and markers(svg, "throughput-series-0") == 3
+    assert "a <b> & c" in [t.text for t in svg.all("text")] and "<b>" not in first
+    curve = charts.Series("runs", [1.0, 1.0, 2.0, 2.0], [0.0, 0.5, 0.5, 1.0], charts.ORT)
+    other = charts.latency_cdf_svg(4, [curve], [charts.Marker(1.5, "p50 1.5")])
+    assert "p50 1.5" in [t.text for t in Page(other).root.all("text")]
+
+    def ids(text: str) -> set[str]:
+        """Marker and clip-path ids, which ``use`` and ``clip-path`` refer to."""
+        return set(re.findall(r'id="([mp][0-9a-f]{10})"', text))
+
+    assert ids(first) and ids(other) and not ids(first) & ids(other)  # one page, no clash
+
+
+def test_importing_the_report_loads_neither_matplotlib_nor_jinja() -> None:
+    code = (
+        "import sys, resnet_deploy.report.page, resnet_deploy.report.charts; "
+        "print(sorted({'matplotlib', 'jinja2'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def chromium() -> str | None:
@@ -311,6 +373,7 @@ def chromium() -> str | None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     chromium() is None, reason="Chromium is not installed (apt-get install chromium)"
 )
