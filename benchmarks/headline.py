@@ -65,8 +65,9 @@ class Measured:
     check: VerifyReport
 
 
-def log(step: str) -> None:
-    print(f"... {step}", file=sys.stderr, flush=True)
+def log(step: str, done: int | None = None, total: int | None = None) -> None:
+    if not done:  # a counted step once, at its start
+        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def measure(

@@ -50,8 +50,9 @@ class Timing:
     min_cosine: float | None = None
 
 
-def log(step: str) -> None:
-    print(f"... {step}", file=sys.stderr, flush=True)
+def log(step: str, done: int | None = None, total: int | None = None) -> None:
+    if not done:  # a counted step once, at its start
+        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def kernel_sizes(model: Path) -> dict[str, int]:

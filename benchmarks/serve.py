@@ -98,8 +98,9 @@ class Results:
     benches: list[BenchReport] = field(default_factory=list)
 
 
-def log(step: str) -> None:
-    print(f"... {step}", file=sys.stderr, flush=True)
+def log(step: str, done: int | None = None, total: int | None = None) -> None:
+    if not done:  # a counted step once, at its start
+        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def in_process(model: Path, precision: str, warmup_s: float, duration_s: float) -> BenchReport:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import tempfile
 from dataclasses import replace
@@ -29,8 +30,9 @@ from resnet_deploy.perf.tune import TuneOptions, TuneReport, format_report, tune
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def log(step: str) -> None:
-    print(f"... {step}", file=sys.stderr, flush=True)
+def log(step: str, done: int | None = None, total: int | None = None) -> None:
+    if not done:  # a counted step once, at its start
+        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def line(name: str, report: TuneReport) -> str:
@@ -67,9 +69,12 @@ def main() -> None:
     options = TuneOptions(
         slo_p99_ms=args.slo_p99_ms, budget_s=args.budget_s, loadgen_s=args.loadgen_s
     )
+    output_dir = args.output_dir.resolve()
+    home = Path.cwd()
     with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)  # the records name the files, not a temporary folder of this machine
         fp32 = export_model(
-            ExportOptions(output=Path(folder) / f"{args.arch}.onnx", arch=args.arch), progress=log
+            ExportOptions(output=Path(f"{args.arch}.onnx"), arch=args.arch), progress=log
         ).output
         int8 = optimize_model(fp32, OptimizeOptions(precision="int8"), progress=log).output
         searches = {
@@ -81,6 +86,7 @@ def main() -> None:
         }
         chosen = [searches[key] for key in args.searches.split(",")]
         runs = {name: search() for name, search in chosen}
+        os.chdir(home)
     when = datetime.date.today().isoformat()
     lines = [
         f"# `tune` on {args.arch} (random weights), p99 bound {args.slo_p99_ms:g} ms, {when}",
@@ -105,7 +111,7 @@ def main() -> None:
         lines += ["", f"## {name}", "", "```", format_report(report), "```"]
     lines += ["", "Reproduce: `python benchmarks/tune_gain.py`", ""]
     text = "\n".join(lines)
-    stem = args.output_dir / f"{when}-tune"
+    stem = output_dir / f"{when}-tune"
     write_record(stem, text, {"note": args.note, "runs": runs})
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,12 +24,14 @@ from resnet_deploy.convert.quantize import (
 from resnet_deploy.convert.quantize import format_result as format_optimize
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import check_output_folder, sha256_of, write_text_atomic
+from resnet_deploy.files import check_output_folder, write_text_atomic
+from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.model.weights import RANDOM
 from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench, write_plot
 from resnet_deploy.perf.bench import summary as bench_summary
 from resnet_deploy.report.page import PAGE_NAME, render_page
 from resnet_deploy.report.records import to_json, to_record, write_csv
+from resnet_deploy.steps import Progress, no_progress
 
 DEFAULT_FOLDER = Path("resnet-deploy-run")
 
@@ -70,9 +71,7 @@ class RunReport:
         return self.verify.passed and self.bench is not None and int8_ok
 
 
-def run_pipeline(
-    options: RunOptions, progress: Callable[[str], None] = lambda step: None
-) -> RunReport:
+def run_pipeline(options: RunOptions, progress: Progress = no_progress) -> RunReport:
     """Export to ``folder/model.onnx``, verify it, bench it, and write the reports beside it."""
     weights = [options.weights] if options.weights != RANDOM else []
     folder = prepare_folder(options.folder, force=options.force, inputs=weights)
@@ -86,12 +85,13 @@ def run_pipeline(
             seed=options.seed,
             image_size=options.image_size,
         ),
-        progress=lambda step: progress(f"export: {step}"),
+        progress=lambda step, *count: progress(f"export: {step}", *count),
     )
+    exported_file = read_model(model)  # once: verify and the records share it
     checked = verify(
-        model,
+        exported_file,
         VerifyOptions(provider=options.provider, localize=True),
-        progress=lambda step: progress(f"verify: {step}"),
+        progress=lambda step, *count: progress(f"verify: {step}", *count),
     )
     report = RunReport(
         folder=folder,
@@ -99,7 +99,7 @@ def run_pipeline(
         verify=checked,
         artifacts=[model],
         command=command_line(options),
-        model_sha256=sha256_of(model),
+        model_sha256=exported_file.sha256,
         environment=describe_environment(),
     )
     if checked.passed:
@@ -109,7 +109,9 @@ def run_pipeline(
             duration_s=options.duration_s,
             baseline=options.baseline,
         )
-        report.bench = bench(model, timing, progress=lambda step: progress(f"bench: {step}"))
+        report.bench = bench(
+            model, timing, progress=lambda step, *count: progress(f"bench: {step}", *count)
+        )
         write_csv(report.bench.batches, folder / "bench.csv")
         write_plot(report.bench, folder / "bench.png")
         report.artifacts += [folder / "bench.csv", folder / "bench.png"]
@@ -122,7 +124,7 @@ def run_pipeline(
     return report
 
 
-def run_int8(report: RunReport, timing: BenchOptions, progress: Callable[[str], None]) -> None:
+def run_int8(report: RunReport, timing: BenchOptions, progress: Progress) -> None:
     """Quantize the verified file, and bench the result unless the accuracy guard refused it.
 
     The int8 bench skips the eager baseline: it is the same eager model the fp32 bench timed.
@@ -132,7 +134,7 @@ def run_int8(report: RunReport, timing: BenchOptions, progress: Callable[[str], 
         report.optimize = optimize_model(
             source,
             OptimizeOptions(precision="int8", output=report.folder / "model.int8.onnx"),
-            progress=lambda step: progress(f"optimize: {step}"),
+            progress=lambda step, *count: progress(f"optimize: {step}", *count),
         )
     except GuardFailed as failed:
         report.optimize = failed.result
@@ -141,7 +143,7 @@ def run_int8(report: RunReport, timing: BenchOptions, progress: Callable[[str], 
     report.int8_bench = bench(
         quantized,
         replace(timing, baseline="none"),
-        progress=lambda step: progress(f"bench int8: {step}"),
+        progress=lambda step, *count: progress(f"bench int8: {step}", *count),
     )
     write_csv(report.int8_bench.batches, report.folder / "bench.int8.csv")
     report.artifacts += [quantized, report.folder / "bench.int8.csv"]
@@ -166,7 +168,7 @@ def prepare_folder(folder: Path, *, force: bool, inputs: list[Path | str] = ()) 
     folder = check_output_folder(Path(folder), inputs=inputs)
     if folder.is_dir() and any(folder.iterdir()):
         if not force:
-            raise InputError(f"{folder}: already holds files (pass --force to replace them)")
+            raise InputError(f"{folder}: already holds files (force replaces them)")
         shutil.rmtree(folder)
     folder.mkdir(exist_ok=True)
     return folder

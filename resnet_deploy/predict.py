@@ -19,7 +19,7 @@ from resnet_deploy.data.images import list_images, load_image
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.labels import ClassScore, imagenet_classes, softmax, top_k
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.model.onnxfile import load_with_metadata
+from resnet_deploy.model.onnxfile import ModelFile, read_model
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.memory import activation_bytes, check_fits, input_bytes
 from resnet_deploy.runtime.providers import (
@@ -63,21 +63,27 @@ class PredictReport:
 
 
 def predict(
-    model_path: Path,
+    model: ModelFile | Path,
     inputs: Sequence[str | Path],
     options: PredictOptions = PredictOptions(),
     progress: Callable[[str], None] = lambda step: None,
 ) -> PredictReport:
-    """Classify every image that ``inputs`` (files, folders, glob patterns) names."""
+    """Classify every image that ``inputs`` (files, folders, glob patterns) names.
+
+    A path is read once, after the cheap checks; a ModelFile is not read again.
+    """
     names = imagenet_classes()
     if not 1 <= options.top <= len(names):
-        raise InputError(f"--top must be between 1 and {len(names)}, got {options.top}")
-    model_path = Path(model_path)
+        raise InputError(f"top-k must be between 1 and {len(names)} classes, got {options.top}")
     paths, errors = expand_inputs(inputs)
     if not paths:
         causes = "; ".join(e.error for e in errors)
         raise InputError(f"no images found ({causes})" if causes else "no images given")
-    _, metadata = load_with_metadata(model_path)
+    if not isinstance(model, ModelFile):
+        model = read_model(Path(model), require_metadata=True)
+    model_path, metadata = model.path, model.metadata
+    if metadata is None:
+        raise InputError(f"{model_path}: has no resnet-deploy metadata (was it made by `export`?)")
     batch_size = choose_batch_size(options, metadata, model_path)
     check_fits(
         input_bytes(batch_size, metadata.image_size)
@@ -85,7 +91,7 @@ def predict(
         f"predict at batch {batch_size}, {metadata.image_size}x{metadata.image_size}",
     )
     progress(f"start ONNX Runtime on {resolve_provider(options.provider)}")
-    session = create_session(model_path, SessionConfig(provider=options.provider))
+    session = create_session(model, SessionConfig(provider=options.provider))
     dtype = input_dtype(session)  # float32 for fp16 and int8 files too, which keep fp32 I/O
     report = PredictReport(
         model=model_path,

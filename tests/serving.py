@@ -7,6 +7,7 @@
 
 ``start_server``/``stop_server`` do the same in two steps, for tests that send the signal
 themselves or look at the output. Every process started here is stopped by its own PID.
+``count_model_reads`` records every ONNX file a command parses (read-once checks).
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from resnet_deploy.serving.server import shared_memory_segments
+import psutil
+import pytest
+
+from resnet_deploy.model import onnxfile
+from resnet_deploy.serving.process import shared_memory_segments
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # two cores shared with other work: loading can take a while
@@ -162,7 +168,7 @@ def stop_server(
     return server.process.returncode
 
 
-def leftovers(server: ServedProcess, wait_s: float = 10.0) -> tuple[list[int], list[Path]]:
+def leftovers(server: ServedProcess, wait_s: float = 30.0) -> tuple[list[int], list[Path]]:
     """Child processes still alive and shared-memory segments still present after a stop.
 
     Waits up to ``wait_s`` for them to go: a stub may take a moment after tritonserver exits.
@@ -201,36 +207,27 @@ def running_server(
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = read(entry / "stat")
-            if stat:
-                ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-                parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every live process below ``pid``."""
+    with suppress(psutil.NoSuchProcess):
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    return []
 
 
 def mapped_shm(pid: int) -> set[Path]:
     """The /dev/shm files process ``pid`` has mapped."""
-    maps = read(Path(f"/proc/{pid}/maps")) or ""
-    return {
-        Path(line.split(None, 5)[5].removesuffix(" (deleted)"))
-        for line in maps.splitlines()
-        if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith(f"{SHM}/")
-    }
+    try:
+        maps = psutil.Process(pid).memory_maps(grouped=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return set()
+    return {Path(m.path.removesuffix(" (deleted)")) for m in maps if m.path.startswith(f"{SHM}/")}
 
 
 def running(pid: int) -> bool:
     """Alive and not a zombie."""
-    stat = read(Path(f"/proc/{pid}/stat"))
-    return bool(stat) and stat[stat.rfind(")") + 2] != "Z"
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def kill(pid: int) -> None:
@@ -238,8 +235,17 @@ def kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
+def count_model_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths ``load_onnx`` parses from now on, wherever the library looks it up: in
+    ``model.onnxfile`` (``read_model``) and in every module that imported it by name."""
+    original = onnxfile.load_onnx
+    reads: list[Path] = []
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        reads.append(Path(path))
+        return original(path, *args, **kwargs)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("resnet_deploy") and getattr(module, "load_onnx", None) is original:
+            monkeypatch.setattr(module, "load_onnx", counting)
+    return reads

@@ -88,8 +88,9 @@ def test_a_failed_batch_size_is_recorded_not_raised(r18: Path, monkeypatch) -> N
 
 def test_fixed_batch_model_refuses_other_batch_sizes(exported) -> None:
     fixed = exported("resnet18", batch=2).output
-    with pytest.raises(InputError, match="fixed batch of 2"):
+    with pytest.raises(InputError, match="fixed batch of 2; bench batch size 2 alone") as raised:
         bench(fixed, BenchOptions(batch_sizes=(1, 2)))
+    assert raised.value.options == ("batch_sizes",)
 
 
 def test_io_binding_with_cpu_ortvalues_matches_plain_run(r18: Path) -> None:
@@ -143,16 +144,52 @@ def test_provider_option_builders() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "message", "named"),
     [
-        (BenchOptions(cuda_graph=True), "need --provider cuda"),
-        (BenchOptions(provider="cuda", cuda_graph=True, io_binding=False), "needs --io-binding"),
-        (BenchOptions(trt_fp16=True, provider="cuda"), "need --provider tensorrt"),
-        (BenchOptions(iterations=5, duration_s=1.0), "not both"),
-        (BenchOptions(batch_sizes=(0,)), "at least 1"),
-        (BenchOptions(provider="tpu"), "unknown provider"),
+        (BenchOptions(cuda_graph=True), "need the cuda provider", "cuda_graph provider"),
+        (
+            BenchOptions(cudnn_max_workspace=False),
+            "need the cuda provider",
+            "cudnn_max_workspace provider",
+        ),
+        (
+            BenchOptions(provider="cuda", cuda_graph=True, io_binding=False),
+            "needs I/O binding",
+            "cuda_graph io_binding",
+        ),
+        (
+            BenchOptions(trt_fp16=True, provider="cuda"),
+            "need the tensorrt provider",
+            "trt_fp16 provider",
+        ),
+        (BenchOptions(iterations=5, duration_s=1.0), "not both", "iterations duration_s"),
+        (BenchOptions(warmup_runs=0, warmup_s=1.0), "not both", "warmup_runs warmup_s"),
+        (BenchOptions(iterations=0), "at least one run", "iterations"),
+        (BenchOptions(batch_sizes=(0,)), "at least 1", "batch_sizes"),
+        (BenchOptions(provider="tpu"), "unknown provider", ""),
     ],
 )
-def test_bad_options_are_refused_before_any_work(options: BenchOptions, message: str) -> None:
-    with pytest.raises(InputError, match=message):
+def test_bad_options_are_refused_before_any_work(
+    options: BenchOptions, message: str, named: str
+) -> None:
+    """Each refusal names the concept in words and, as ``options``, the fields it concerns."""
+    with pytest.raises(InputError, match=message) as raised:
         check_options(options)
+    assert "--" not in str(raised.value)
+    if named:
+        assert raised.value.options == tuple(named.split())
+
+
+def test_progress_counts_the_batch_sizes_to_their_total(r18: Path) -> None:
+    """A terminal draws a bar from these counts: 0 first, one more per batch size, and the last
+    equal to the total."""
+    calls = []
+    bench(
+        r18,
+        BenchOptions(batch_sizes=(1, 2), baseline="none", **QUICK),
+        progress=lambda step, done=None, total=None: calls.append((step, done, total)),
+    )
+    counted = [(done, total) for step, done, total in calls if done is not None]
+    assert counted == [(0, 2), (1, 2), (2, 2)]
+    assert {step for step, done, _ in calls if done is not None} == {"batch sizes"}
+    assert any(step.startswith("batch 2: onnxruntime p50") for step, _, _ in calls)

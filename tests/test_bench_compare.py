@@ -118,5 +118,6 @@ def test_compare_openvino_not_installed(exported, monkeypatch):
 
 
 def test_compare_openvino_needs_the_cpu(exported):
-    with pytest.raises(InputError, match="--provider cpu"):
+    with pytest.raises(InputError, match="use the cpu provider") as raised:
         bench(exported("resnet18").output, BenchOptions(provider="cuda", compare="openvino"))
+    assert raised.value.options == ("compare", "provider")

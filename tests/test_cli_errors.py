@@ -63,6 +63,35 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path: Path, args, message: 
     assert not (tmp_path / "x.onnx").exists()
 
 
+FLAG_CASES = [
+    (
+        ["bench", "{absent}", "--warmup", "1", "--warmup-s", "1"],
+        "Error: --warmup, --warmup-s: give the warm-up either as runs or as seconds, not both",
+    ),
+    (
+        ["bench", "{absent}", "--cuda-graph"],
+        "Error: --cuda-graph, --provider: CUDA graphs and the cuDNN options need the cuda provider",
+    ),
+    (
+        ["bench", "{absent}", "--scenario", "server", "--find-peak", "--accuracy"],
+        "Error: --find-peak, --accuracy: the peak search measures performance; run the accuracy "
+        "mode separately",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), FLAG_CASES, ids=[c[0][-1] for c in FLAG_CASES])
+def test_the_flags_of_the_options_an_error_names_lead_its_line(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    """The library names option fields (``warmup_runs``); the CLI leads with the flags the user
+    typed (``--warmup``). These are refused before the model is even read: it does not exist."""
+    absent = tmp_path / "absent.onnx"
+    result = CliRunner().invoke(main, [a.format(absent=absent) for a in args])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [line]
+
+
 def test_debug_shows_the_traceback(files) -> None:
     result = CliRunner().invoke(main, ["--debug", "verify", str(files["text"])])
     assert result.exit_code != 0

@@ -6,6 +6,9 @@ same keys with int64 as strings); the tests against a live server are in test_be
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -78,3 +81,15 @@ def test_models_the_server_does_not_batch() -> None:
 def test_models_this_client_cannot_feed(shape: list, datatype: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         describe(shape, 8, datatype)
+
+
+def test_the_client_and_the_triton_backend_never_import_torch() -> None:
+    """The backend runs in every Triton stub and the client on load generators: no torch."""
+    code = (
+        "import sys, resnet_deploy.serving.backend, resnet_deploy.serving.client\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -139,18 +139,19 @@ def test_interrupted_export_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "message", "named"),
     [
-        ({"variant": "seed", "image_size": 256}, "only takes 224x224"),
-        ({"opset": 17}, "dynamo exporter writes opset 18 or newer"),
-        ({"batch": 0}, "batch size must be at least 1"),
-        ({"weights": "nowhere.pth"}, "nowhere.pth: weights file not found"),
-        ({"output": Path("no/such/folder/m.onnx")}, "output folder no/such/folder does not"),
+        ({"variant": "seed", "image_size": 256}, "only takes 224x224", ("variant", "image_size")),
+        ({"opset": 17}, "dynamo exporter writes opset 18 or newer", ("exporter", "opset")),
+        ({"batch": 0}, "batch size must be at least 1", ("batch",)),
+        ({"weights": "nowhere.pth"}, "nowhere.pth: weights file not found", ()),
+        ({"output": Path("no/such/folder/m.onnx")}, "output folder no/such/folder does not", ()),
     ],
 )
-def test_bad_options_fail_fast(options: dict, message: str) -> None:
-    with pytest.raises(InputError, match=message):
+def test_bad_options_fail_fast(options: dict, message: str, named: tuple) -> None:
+    with pytest.raises(InputError, match=message) as raised:
         export_model(ExportOptions(**{"arch": "resnet18", **options}))
+    assert raised.value.options == named
 
 
 def test_onnxruntime_sees_the_declared_io(exported) -> None:
@@ -180,5 +181,6 @@ def test_dynamic_size_takes_any_image_size(exported) -> None:
 
 
 def test_the_seed_variant_cannot_have_a_dynamic_size() -> None:
-    with pytest.raises(InputError, match="cannot have a dynamic size"):
+    with pytest.raises(InputError, match="cannot have a dynamic size") as raised:
         export_model(ExportOptions(arch="resnet18", variant="seed", dynamic_size=True))
+    assert raised.value.options == ("variant", "dynamic_size")

@@ -208,7 +208,7 @@ def test_bench_warns_on_a_cpu_without_vnni_and_not_on_one_with_it(
     options = BenchOptions(batch_sizes=(1,), warmup_runs=1, iterations=2, baseline="none")
     machine(NO_VNNI)
     lines: list[str] = []
-    report = bench(made["cpu"].output, options, progress=lines.append)
+    report = bench(made["cpu"].output, options, progress=lambda step, *_: lines.append(step))
     assert any("--target cpu-avx2" in w for w in report.warnings)
     assert any(line.startswith("warning: ") and "cpu-avx2" in line for line in lines)
     assert report.batches[0].error is None  # a warning, not a refusal: it still runs

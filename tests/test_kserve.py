@@ -22,6 +22,7 @@ def fields(text: str) -> dict[str, str]:
     return values
 
 
+@pytest.mark.slow
 def test_manifest_beside_the_repository_names_model_protocol_and_runtime(exported, tmp_path):
     model = exported("resnet18").output
     result = write_model_repository(model, TritonOptions(repo=tmp_path / "models"))

@@ -139,8 +139,9 @@ def test_fixed_batch_model_pads_short_batches(exported) -> None:
     fixed = exported("resnet18", batch=2).output
     result = run_scenario(fixed, ScenarioOptions(scenario="singlestream", **SHORT))
     assert result.max_batch == 2 and result.mean_batch_size == 1 and result.queries >= 4
-    with pytest.raises(InputError, match="fixed batch of 2; use --max-batch 2"):
+    with pytest.raises(InputError, match="fixed batch of 2; use a largest batch of 2") as raised:
         run_scenario(fixed, ScenarioOptions(scenario="offline", max_batch=8, **SHORT))
+    assert raised.value.options == ("max_batch",)
 
 
 @pytest.mark.slow
@@ -176,6 +177,7 @@ def test_an_inference_error_ends_the_run_instead_of_hanging(r18: Path, monkeypat
         run_scenario(r18, ScenarioOptions(scenario="singlestream", **SHORT))
 
 
+@pytest.mark.slow
 def test_find_peak_bisects_to_the_highest_valid_target(r18: Path, monkeypatch) -> None:
     """With 64 samples/s measured and targets VALID up to 10 QPS, bisection between 0 and 64
     goes 32 (INVALID), 16 (INVALID), 8 (VALID), 12 (INVALID): down after an INVALID step, up
@@ -200,8 +202,10 @@ def test_find_peak_bisects_to_the_highest_valid_target(r18: Path, monkeypatch) -
     options = ScenarioOptions(
         scenario="server", find_peak=True, peak_steps=4, latency_bound_ms=1e4, min_queries=4
     )
-    result = run_scenario(r18, options)
+    calls = []
+    result = run_scenario(r18, options, progress=lambda *call: calls.append(call))
     assert tried == [32.0, 16.0, 8.0, 12.0]
+    assert [call[1:] for call in calls if len(call) == 3] == [(i, 4) for i in range(5)]
     assert [s.target_qps for s in result.peak_search] == tried
     assert [s.valid for s in result.peak_search] == [False, False, True, False]
     assert result.valid and result.samples_per_s == 8.0
@@ -327,25 +331,55 @@ def test_detail_log_gives_checks_advice_bullets_and_errors() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "message", "named"),
     [
-        (ScenarioOptions(scenario="burst"), "unknown scenario 'burst'; use singlestream"),
-        (ScenarioOptions(scenario="server", target_qps=0), "--target-qps must be greater than 0"),
-        (ScenarioOptions(scenario="offline", find_peak=True), "use --scenario server"),
-        (ScenarioOptions(accuracy=True), "--accuracy needs a labelled image folder"),
-        (ScenarioOptions(official=True, min_duration_s=5), "--official sets MLPerf's duration"),
-        (ScenarioOptions(engine=BenchOptions(batch_sizes=(1,))), "belong to the latency loop"),
-        (ScenarioOptions(batch_timeout_ms=-1), "cannot be negative"),
-        (ScenarioOptions(instances=0), "--instances must be greater than 0"),
+        (
+            ScenarioOptions(scenario="burst"),
+            "unknown scenario 'burst'; use singlestream",
+            "scenario",
+        ),
+        (
+            ScenarioOptions(scenario="server", target_qps=0),
+            "the target QPS must be greater than 0",
+            "target_qps",
+        ),
+        (
+            ScenarioOptions(scenario="offline", find_peak=True),
+            "use the server scenario",
+            "find_peak scenario",
+        ),
+        (
+            ScenarioOptions(accuracy=True),
+            "the accuracy mode needs a labelled image folder",
+            "accuracy images",
+        ),
+        (
+            ScenarioOptions(official=True, min_duration_s=5),
+            "MLPerf's official settings fix the duration",
+            "official min_duration_s",
+        ),
+        (
+            ScenarioOptions(engine=BenchOptions(batch_sizes=(1,), warmup_runs=0)),
+            "belong to the latency loop",
+            "batch_sizes warmup_runs",
+        ),
+        (ScenarioOptions(batch_timeout_ms=-1), "cannot be negative", "batch_timeout_ms"),
+        (ScenarioOptions(instances=0), "the instance count must be greater than 0", "instances"),
         (
             ScenarioOptions(instances=2, endpoint=EndpointOptions("grpc://127.0.0.1:8001")),
-            "--instances is the in-process SUT's",
+            "instances are the in-process system's",
+            "instances",
         ),
     ],
 )
-def test_bad_options_are_refused_before_any_work(options: ScenarioOptions, message: str) -> None:
-    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+def test_bad_options_are_refused_before_any_work(
+    options: ScenarioOptions, message: str, named: str
+) -> None:
+    """Each refusal names the concept in words and, as ``options``, the fields it concerns."""
+    with pytest.raises(InputError, match=message.replace("(", r"\(")) as raised:
         check_scenario_options(options)
+    assert "--" not in str(raised.value)
+    assert raised.value.options == tuple(named.split())
 
 
 def test_earlier_logs_are_kept_without_force(tmp_path: Path) -> None:
@@ -366,7 +400,7 @@ def test_cli_json_record_and_one_line_errors(r18: Path) -> None:
     assert record["metadata"]["arch"] == "resnet18" and record["environment"]["cpu_model"]
 
     for bad, message in [
-        (["--scenario", "burst"], "Error: unknown scenario 'burst'"),
+        (["--scenario", "burst"], "Error: --scenario: unknown scenario 'burst'"),
         (["--target-qps", "5"], "Error: --target-qps needs --scenario"),
     ]:
         failed = cli("bench", r18, *bad)

@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -12,8 +10,10 @@ import resnet_deploy.convert.export as export_module
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
 from resnet_deploy.pipeline import RunOptions, run_pipeline
+from tests.helpers import tampered
 
 
+@pytest.mark.slow
 def test_run_exports_verifies_benches_and_keeps_every_artifact(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     args = ["run", "--arch", "resnet18", "-o", str(folder), "--batch-sizes", "1,2"]
@@ -32,19 +32,7 @@ def test_run_exports_verifies_benches_and_keeps_every_artifact(tmp_path: Path) -
     assert "== verify ==" in (folder / "report.txt").read_text()
 
 
-def tampered(simplify):
-    """Export as usual, then scale one conv's weights: a file that no longer matches eager."""
-
-    def broken(proto: onnx.ModelProto) -> onnx.ModelProto:
-        proto = simplify(proto)
-        weight = next(t for t in proto.graph.initializer if t.name == "layer2.0.conv1.weight")
-        values = onnx.numpy_helper.to_array(weight) * np.float32(1.05)
-        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
-        return proto
-
-    return broken
-
-
+@pytest.mark.slow
 def test_a_file_that_fails_verification_is_not_benched(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(export_module, "simplify", tampered(export_module.simplify))
     folder = tmp_path / "run"

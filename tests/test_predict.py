@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from PIL import Image
+from serving import count_model_reads  # tests/ is on sys.path under pytest's default import mode
 
 from resnet_deploy.cli import main
 from resnet_deploy.data.images import load_image
@@ -41,17 +42,12 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def model(exported: Callable) -> Path:
-    return exported("resnet18").output
-
-
 def invoke(*args: object) -> Result:
     return CliRunner().invoke(main, ["predict", *map(str, args)], catch_exceptions=False)
 
 
-def test_cli_prints_good_images_and_names_bad_ones(model: Path, photos: Path) -> None:
-    result = invoke(model, photos, "--top", 3)
+def test_cli_prints_good_images_and_names_bad_ones(r18: Path, photos: Path) -> None:
+    result = invoke(r18, photos, "--top", 3)
     assert result.exit_code == 2
     for name in GOOD:
         assert str(photos / name) in result.stdout
@@ -71,8 +67,8 @@ def test_cli_prints_good_images_and_names_bad_ones(model: Path, photos: Path) ->
     assert ranks == [1, 2, 3] * len(GOOD)
 
 
-def test_probabilities_sum_to_one_sorted_with_imagenet_names(model: Path, photos: Path) -> None:
-    report = predict(model, [photos / GOOD[0]], PredictOptions(top=1000))
+def test_probabilities_sum_to_one_sorted_with_imagenet_names(r18: Path, photos: Path) -> None:
+    report = predict(r18, [photos / GOOD[0]], PredictOptions(top=1000))
     (prediction,) = report.predictions
     probabilities = [s.probability for s in prediction.top]
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-12)
@@ -81,11 +77,15 @@ def test_probabilities_sum_to_one_sorted_with_imagenet_names(model: Path, photos
     assert all(s.class_name == imagenet_classes()[s.class_index] for s in prediction.top)
 
 
-def test_top_class_is_the_eager_model_argmax(model: Path, photos: Path) -> None:
-    report = predict(model, [photos], PredictOptions(top=5, batch_size=2))
+def test_top_class_is_the_eager_model_argmax(
+    r18: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_model_reads(monkeypatch)
+    report = predict(r18, [photos], PredictOptions(top=5, batch_size=2))
+    assert reads == [r18]  # metadata and session from one read
     assert [p.path for p in report.predictions] == sorted(photos / name for name in GOOD)
     assert sorted(e.path for e in report.errors) == sorted(photos / name for name in BAD)
-    _, metadata = load_with_metadata(model)
+    _, metadata = load_with_metadata(r18)
     eager = rebuild_model(metadata).model
     for prediction in report.predictions:
         array = load_image(prediction.path, metadata.image_size, metadata.mean, metadata.std)
@@ -97,8 +97,8 @@ def test_top_class_is_the_eager_model_argmax(model: Path, photos: Path) -> None:
             assert score.probability == pytest.approx(expected[score.class_index], abs=1e-5)
 
 
-def test_json_record_parses(model: Path, photos: Path) -> None:
-    result = invoke(model, photos / GOOD[1], photos / BAD[1], "--top", 2, "--json")
+def test_json_record_parses(r18: Path, photos: Path) -> None:
+    result = invoke(r18, photos / GOOD[1], photos / BAD[1], "--top", 2, "--json")
     assert result.exit_code == 2
     record = json.loads(result.stdout)
     (prediction,) = record["predictions"]
@@ -108,12 +108,12 @@ def test_json_record_parses(model: Path, photos: Path) -> None:
     assert record["metadata"]["arch"] == "resnet18"
 
 
-def test_fixed_batch_pads_the_last_batch(exported: Callable, model: Path, photos: Path) -> None:
-    fixed = exported("resnet18", batch=2).output  # same seeded weights as ``model``
+def test_fixed_batch_pads_the_last_batch(exported: Callable, r18: Path, photos: Path) -> None:
+    fixed = exported("resnet18", batch=2).output  # same seeded weights as ``r18``
     images = [photos / name for name in GOOD]  # 5: two full batches and one padded
     padded = predict(fixed, images)
     assert padded.batch_size == 2 and not padded.errors
-    dynamic = predict(model, images)
+    dynamic = predict(r18, images)
     assert [p.path for p in padded.predictions] == images
     for got, want in zip(padded.predictions, dynamic.predictions, strict=True):
         assert [s.class_index for s in got.top] == [s.class_index for s in want.top]
@@ -124,16 +124,16 @@ def test_fixed_batch_pads_the_last_batch(exported: Callable, model: Path, photos
         predict(fixed, images, PredictOptions(batch_size=4))
 
 
-def test_glob_patterns_are_expanded(model: Path, photos: Path) -> None:
-    result = invoke(model, f"{photos}/**/*.png", "--top", 1)
+def test_glob_patterns_are_expanded(r18: Path, photos: Path) -> None:
+    result = invoke(r18, f"{photos}/**/*.png", "--top", 1)
     assert result.exit_code == 2  # notes.png matches too, and is not an image
     for name in ("gradient.png", "grey.png", "sub/alpha.png"):
         assert str(photos / name) in result.stdout
     assert str(photos / GOOD[0]) not in result.stdout
 
 
-def test_no_images_found_is_one_line_error(model: Path, photos: Path) -> None:
-    result = invoke(model, f"{photos}/*.tiff")
+def test_no_images_found_is_one_line_error(r18: Path, photos: Path) -> None:
+    result = invoke(r18, f"{photos}/*.tiff")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"Error: no images found ({photos}/*.tiff: no file matches this pattern)"

@@ -28,6 +28,7 @@ from PIL import Image
 from serving import (  # tests/ is on sys.path under pytest's default import mode
     ServedProcess,
     assert_clean_exit,
+    count_model_reads,
     descendants,
     free_ports,
     leftovers,
@@ -42,41 +43,33 @@ from tritonclient.utils import InferenceServerException
 pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)")
 
 from resnet_deploy.cli import main
-from resnet_deploy.errors import ProviderError
+from resnet_deploy.errors import InputError, ProviderError
 from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.predict import PredictOptions, predict
 from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.providers import SessionConfig, create_session
+from resnet_deploy.serving import server as server_module
 from resnet_deploy.serving.backend import decode_image
-from resnet_deploy.serving.repository import TritonOptions, parse_config, write_model_repository
-from resnet_deploy.serving.server import (
-    ServeOptions,
-    check_options,
-    log_cause,
-    tritonserver_environment,
-    tritonserver_files,
-)
+from resnet_deploy.serving.config import parse_config
+from resnet_deploy.serving.process import log_cause, tritonserver_environment, tritonserver_files
+from resnet_deploy.serving.repository import TritonOptions, write_model_repository
+from resnet_deploy.serving.server import ModelServer, ServeOptions, check_options
 
 ATOL = 1e-4  # the same ONNX Runtime on the same inputs; batching may change summation order
 CLIENT_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def model(exported) -> Path:
-    return exported("resnet18").output
-
-
-@pytest.fixture(scope="module")
-def reference(model: Path) -> Callable[[np.ndarray], np.ndarray]:
-    session = create_session(model, SessionConfig())
+def reference(r18: Path) -> Callable[[np.ndarray], np.ndarray]:
+    session = create_session(r18, SessionConfig())
     return lambda batch: session.run(["logits"], {"input": batch})[0]
 
 
 @pytest.fixture(scope="module")
-def server(model: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(r18: Path, tmp_path_factory: pytest.TempPathFactory):
     """The shared server; its SIGINT stop at the end must be clean, and its record right."""
     record = tmp_path_factory.mktemp("serve") / "serve.json"
-    with running_server(model, "--json", str(record), stop_signal=signal.SIGINT) as server:
+    with running_server(r18, "--json", str(record), stop_signal=signal.SIGINT) as server:
         yield server
     result = json.loads(record.read_text())
     assert result["stopped_by"] == "SIGINT"
@@ -202,6 +195,7 @@ def in_threads(count: int, work: Callable[[int], object]) -> list[object]:
 # --- against the shared server ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_http_and_grpc_equal_in_process(server, reference):
     x = batch(3)
     expected = reference(x)
@@ -210,8 +204,9 @@ def test_http_and_grpc_equal_in_process(server, reference):
     np.testing.assert_allclose(grpc_infer(server, x), expected, atol=ATOL, rtol=0)
 
 
-def test_served_config_is_what_triton_writes(server, model, tmp_path):
-    written = write_model_repository(model, TritonOptions(repo=tmp_path / "repo"))
+@pytest.mark.slow
+def test_served_config_is_what_triton_writes(server, r18, tmp_path):
+    written = write_model_repository(r18, TritonOptions(repo=tmp_path / "repo"))
     repo_config = parse_config(written.config_file.read_text())
     client = grpcclient.InferenceServerClient(server.grpc_address)
     try:
@@ -237,6 +232,7 @@ def test_served_config_is_what_triton_writes(server, model, tmp_path):
     assert batching.default_queue_policy.max_queue_size == ServeOptions().max_queue_size
 
 
+@pytest.mark.slow
 def test_classification_names_the_top_classes(server, reference):
     """Triton's classification extension reads the served labels.txt, as the repository's."""
     x = batch(2, seed=3)
@@ -256,6 +252,7 @@ def test_classification_names_the_top_classes(server, reference):
         assert [label for _, _, label in entries] == [names[i] for i in indices]
 
 
+@pytest.mark.slow
 def test_concurrent_clients_are_batched(server, reference):
     clients, rounds = 16, 3
     x = batch(1, seed=1)
@@ -279,14 +276,15 @@ def test_concurrent_clients_are_batched(server, reference):
     assert executions < inferences, "no batch of two or more requests was formed"
 
 
-def test_image_model_matches_predict(server, model, tmp_path):
+@pytest.mark.slow
+def test_image_model_matches_predict(server, r18, tmp_path):
     images = [jpeg(seed) for seed in range(3)]
     result = classify(server, images)
     files = []
     for i, data in enumerate(images):
         files.append(tmp_path / f"{i}.jpg")
         files[-1].write_bytes(data)
-    report = predict(model, files, PredictOptions(top=5))
+    report = predict(r18, files, PredictOptions(top=5))
     for row, prediction in enumerate(report.predictions):
         assert result["error"][row, 0] == b""
         assert [s.class_index for s in prediction.top] == list(result["class_indices"][row])
@@ -295,6 +293,7 @@ def test_image_model_matches_predict(server, model, tmp_path):
         np.testing.assert_allclose(result["probabilities"][row], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_non_image_payload_fails_only_its_own_row(server):
     result = classify(server, [b"this is not an image", jpeg(), b""])
     assert b"cannot read image" in result["error"][0, 0]
@@ -305,6 +304,7 @@ def test_non_image_payload_fails_only_its_own_row(server):
     assert server.ready(server.image_name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("request_", "status", "message"),
     [
@@ -323,11 +323,13 @@ def test_bad_request_is_a_clear_error(server, request_, status, message):
     assert server.ready()
 
 
+@pytest.mark.slow
 def test_unknown_model_is_a_clear_error(server):
     code, text = post(server, "/v2/models/resnet9000/infer", *binary_request([1, 3, 224, 224]))
     assert code == 404 and "unknown model" in text
 
 
+@pytest.mark.slow
 def test_client_disconnecting_mid_request_leaves_server_healthy(server, reference):
     body, _ = binary_request([2, 3, 224, 224])
     head = (
@@ -346,9 +348,10 @@ def test_client_disconnecting_mid_request_leaves_server_healthy(server, referenc
 # --- a second server: overload, then SIGTERM with requests in flight ------------------------
 
 
-def test_overload_rejects_clearly_then_sigterm_drains(model, reference):
+@pytest.mark.slow
+def test_overload_rejects_clearly_then_sigterm_drains(r18, reference):
     args = ("--max-queue-size", "2", "--max-batch-size", "4", "--max-queue-delay-us", "0")
-    server = start_server(model, *args, "--instances", "2", "--threads", "1")
+    server = start_server(r18, *args, "--instances", "2", "--threads", "1")
     try:
         client = grpcclient.InferenceServerClient(server.grpc_address)
         config = client.get_model_config(server.name).config
@@ -405,28 +408,28 @@ def test_overload_rejects_clearly_then_sigterm_drains(model, reference):
 # --- no server needed ----------------------------------------------------------------------
 
 
-def test_port_in_use_is_a_one_line_error(model):
+def test_port_in_use_is_a_one_line_error(r18):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         grpc, metrics = free_ports(2)
-        args = ["serve", str(model), "--http-port", str(port), "--grpc-port", str(grpc)]
+        args = ["serve", str(r18), "--http-port", str(port), "--grpc-port", str(grpc)]
         result = CliRunner().invoke(main, [*args, "--metrics-port", str(metrics)])
     assert result.exit_code == 2
     assert f"port {port} on 127.0.0.1 is in use (--http-port)" in result.output
     assert "Traceback" not in result.output
 
 
-def test_unavailable_provider_is_the_provider_error(model):
+def test_unavailable_provider_is_the_provider_error(r18):
     try:
-        create_session(model, SessionConfig(provider="cuda"))
+        create_session(r18, SessionConfig(provider="cuda"))
     except ProviderError:
         pass
     else:
         pytest.skip("CUDA runs here")
     ports = [str(p) for p in free_ports(3)]
-    args = ["serve", str(model), "--provider", "cuda", "--http-port", ports[0]]
+    args = ["serve", str(r18), "--provider", "cuda", "--http-port", ports[0]]
     result = CliRunner().invoke(main, [*args, "--grpc-port", ports[1], "--metrics-port", ports[2]])
     assert result.exit_code == 2
     assert "CUDAExecutionProvider" in result.output
@@ -454,13 +457,13 @@ def test_a_file_onnx_runtime_cannot_load_fails_before_any_server(tmp_path):
     ],
 )
 def test_bad_options_are_refused(options, message):
-    with pytest.raises(Exception, match=re.escape(message)):
+    with pytest.raises(InputError, match=re.escape(message)):
         check_options(options)
 
 
 def test_decode_image_names_what_was_sent(exported):
     metadata = exported("resnet18").metadata
-    with pytest.raises(Exception, match=r"cannot read image .*12 bytes, first b'not an i'"):
+    with pytest.raises(InputError, match=r"cannot read image .*12 bytes, first b'not an i'"):
         decode_image(b"not an image", metadata)
     assert decode_image(jpeg(), metadata).shape == (3, 224, 224)
 
@@ -500,14 +503,13 @@ def test_log_cause_skips_the_noise():
     assert log_cause("I1130 all good\n") is None
 
 
-def test_sigterm_while_starting_stops_cleanly(model):
+@pytest.mark.slow
+def test_sigterm_while_starting_stops_cleanly(r18):
     """A signal before the models are ready ends the start: exit 130, nothing left behind."""
     http, grpc, metrics = (str(p) for p in free_ports(3))
     args = ["--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics]
     server = ServedProcess(
-        subprocess.Popen(
-            serve_command(model, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        ),
+        subprocess.Popen(serve_command(r18, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE),
         "resnet18",
         None,
         int(http),
@@ -531,17 +533,15 @@ def test_sigterm_while_starting_stops_cleanly(model):
     assert not alive and not segments, (alive, segments)
 
 
-def test_repository_carries_the_session_settings(model, tmp_path):
+def test_repository_carries_the_session_settings(r18, tmp_path):
     """What each stub is told: the file, its session settings, its kind, Triton's batching."""
-    from resnet_deploy.serving.server import ModelServer
-
     options = ServeOptions(threads=1, instances=2, max_queue_size=7, top_k=3)
-    repo = ModelServer(model, options).write_repository(tmp_path / "models")
+    repo = ModelServer(r18, options).write_repository(tmp_path / "models")
     tensor = parse_config((repo / "resnet18" / "config.pbtxt").read_text())
     image = parse_config((repo / "resnet18_image" / "config.pbtxt").read_text())
     for config, kind in ((tensor, "tensor"), (image, "image")):
         values = {key: value.string_value for key, value in config.parameters.items()}
-        assert values["model_path"] == str(model.resolve()) and values["kind"] == kind
+        assert values["model_path"] == str(r18.resolve()) and values["kind"] == kind
         session = json.loads(values["session"])
         assert session["intra_op_threads"] == 1
         assert session["session_config_entries"] == {SPINNING: "0"}  # serve's default
@@ -555,7 +555,28 @@ def test_repository_carries_the_session_settings(model, tmp_path):
     assert list(image.output[0].dims) == [3] and image.max_batch_size == tensor.max_batch_size
     labels = (repo / "resnet18" / "labels.txt").read_text().splitlines()
     assert labels == list(imagenet_classes())
-    spinning = ModelServer(model, ServeOptions(spin=True)).write_repository(tmp_path / "spin")
+    spinning = ModelServer(r18, ServeOptions(spin=True)).write_repository(tmp_path / "spin")
     config = parse_config((spinning / "resnet18" / "config.pbtxt").read_text())
     session = json.loads(config.parameters["session"].string_value)
     assert session["session_config_entries"] == {SPINNING: "1"}
+
+
+class Launched(Exception):
+    """Raised in place of starting tritonserver: everything before it has run."""
+
+
+def test_serve_reads_the_model_file_once(r18, monkeypatch):
+    """Config, int8 target check and the checked session all come from one read of the file."""
+    reads = count_model_reads(monkeypatch)
+    launched = []
+
+    def launch(files, repository, *args, **kwargs):
+        launched.append(repository)
+        raise Launched
+
+    monkeypatch.setattr(server_module, "launch_tritonserver", launch)
+    http, grpc, metrics = free_ports(3)
+    options = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics)
+    with pytest.raises(Launched):
+        ModelServer(r18, options).start()
+    assert launched and reads == [r18]

@@ -8,14 +8,17 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
 from onnx import TensorProto, helper
+from serving import count_model_reads  # tests/ is on sys.path under pytest's default import mode
 from tritonclient.grpc import model_config_pb2 as mc
 
 import resnet_deploy.serving.repository as triton_module
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.labels import imagenet_classes
+from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.runtime.providers import SessionConfig, create_session
-from resnet_deploy.serving.repository import TritonOptions, parse_config, write_model_repository
+from resnet_deploy.serving.config import parse_config
+from resnet_deploy.serving.repository import TritonOptions, write_model_repository
 
 
 def tiny_model(path: Path, classes: int = 1000) -> Path:
@@ -250,3 +253,17 @@ def test_cli_json_and_one_line_error(tmp_path: Path) -> None:
     assert again.exit_code == 2
     assert again.output.strip().count("\n") == 0
     assert "already exists" in again.output
+
+
+def test_the_repository_writer_reads_the_model_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path is parsed once; a ModelFile the command already read is not parsed again."""
+    model = tiny_model(tmp_path / "m.onnx")
+    reads = count_model_reads(monkeypatch)
+    write_model_repository(model, TritonOptions(repo=tmp_path / "a", kind="cpu"))
+    assert reads == [model]
+    loaded = read_model(model)
+    reads.clear()
+    result = write_model_repository(loaded, TritonOptions(repo=tmp_path / "b", kind="cpu"))
+    assert reads == [] and result.model_file.read_bytes() == loaded.proto.SerializeToString()

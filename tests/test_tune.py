@@ -135,7 +135,9 @@ def test_what_loadgen_serves_most_with_is_written_out(
     )
     files = {c.precision: SimpleNamespace(path=c.model) for c in (winner, default)}
     end = time.perf_counter() + 9
-    tune_module._loadgen_stage(report, files, TuneOptions(), end, lambda s: None)
+    calls = []
+    tune_module._loadgen_stage(report, files, TuneOptions(), end, lambda *c: calls.append(c))
+    assert [c[1:] for c in calls if len(c) == 3] == [(i, 3) for i in range(4)]  # the finalists
     assert (report.server_qps, report.batch1_server_qps) == (winner_qps, batch1_qps)
     assert report.default_server_qps == default_qps
     assert report.deployed == deployed

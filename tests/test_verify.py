@@ -13,13 +13,14 @@ import torch
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 from PIL import Image
+from serving import count_model_reads  # tests/ is on sys.path under pytest's default import mode
 
 from resnet_deploy.check.compare import Tolerance, compare_outputs
 from resnet_deploy.check.verify import VerifyOptions, session_config, verify
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import read_metadata, write_metadata
-from tests.conftest import ATOL
+from tests.helpers import ATOL
 
 FAST = {"samples": 1, "batch_sizes": (1,)}  # one image: enough to see a tampered model
 
@@ -37,8 +38,11 @@ def run_cli(*args: str):
     return CliRunner().invoke(main, ["verify", *map(str, args)])
 
 
-def test_correct_export_passes_at_every_batch_size_of_the_sweep(exported) -> None:
-    report = verify(exported("resnet18").output, VerifyOptions(samples=2, localize=True))
+def test_correct_export_passes_at_every_batch_size_of_the_sweep(exported, monkeypatch) -> None:
+    path = exported("resnet18").output
+    reads = count_model_reads(monkeypatch)
+    report = verify(path, VerifyOptions(samples=2, localize=True))
+    assert reads == [path]  # the sweep, the reference and the session share one read
     assert report.passed
     assert [(s.batch_size, s.image_size) for s in report.shapes] == [(1, 224), (2, 224), (7, 224)]
     assert "fixed at 224x224" in report.shape_note

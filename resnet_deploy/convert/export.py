@@ -76,16 +76,18 @@ def check_options(options: ExportOptions) -> None:
     if options.exporter not in EXPORTERS:
         raise InputError(f"unknown exporter {options.exporter!r}; choose from dynamo, torchscript")
     if options.batch is not None and options.batch < 1:
-        raise InputError(f"batch size must be at least 1, got {options.batch}")
+        raise InputError(f"batch size must be at least 1, got {options.batch}", options=["batch"])
     if options.variant == "seed" and options.image_size != SEED_IMAGE_SIZE:
         raise InputError(
             f"the seed variant ends in AvgPool2d(7) and only takes {SEED_IMAGE_SIZE}x"
-            f"{SEED_IMAGE_SIZE} inputs, got image size {options.image_size}"
+            f"{SEED_IMAGE_SIZE} inputs, got image size {options.image_size}",
+            options=["variant", "image_size"],
         )
     if options.variant == "seed" and options.dynamic_size:
         raise InputError(
             f"the seed variant ends in AvgPool2d(7) and only takes {SEED_IMAGE_SIZE}x"
-            f"{SEED_IMAGE_SIZE} inputs: it cannot have a dynamic size"
+            f"{SEED_IMAGE_SIZE} inputs: it cannot have a dynamic size",
+            options=["variant", "dynamic_size"],
         )
     if not MIN_IMAGE_SIZE <= options.image_size <= MAX_IMAGE_SIZE:
         raise InputError(
@@ -95,16 +97,19 @@ def check_options(options: ExportOptions) -> None:
     check_fits(
         3 * activation_bytes(options.arch, example, options.image_size),  # trace, check, simplify
         f"export at batch {example}, {options.image_size}x{options.image_size}",
+        options=["batch", "image_size"],
     )
     if options.exporter == "dynamo" and options.opset < MIN_DYNAMO_OPSET:
         raise InputError(
             f"the dynamo exporter writes opset {MIN_DYNAMO_OPSET} or newer, got opset "
-            f"{options.opset} (the torchscript exporter writes older opsets)"
+            f"{options.opset} (the torchscript exporter writes older opsets)",
+            options=["exporter", "opset"],
         )
     if options.exporter == "torchscript" and options.opset > MAX_TORCHSCRIPT_OPSET:
         raise InputError(
             f"the torchscript exporter writes opset {MAX_TORCHSCRIPT_OPSET} at most, "
-            f"got opset {options.opset}"
+            f"got opset {options.opset}",
+            options=["exporter", "opset"],
         )
     if options.weights != RANDOM:
         check_input_file(options.weights, "weights file")

@@ -94,7 +94,9 @@ def optimize_model(
     if options.method not in METHODS:
         raise InputError(f"unknown calibration method {options.method!r}")
     if options.samples < 1:
-        raise InputError(f"calibration samples must be at least 1, got {options.samples}")
+        raise InputError(
+            f"calibration samples must be at least 1, got {options.samples}", options=["samples"]
+        )
     if options.target not in TARGETS:
         raise InputError(f"unknown int8 target {options.target!r}; choose {', '.join(TARGETS)}")
     output = options.output or default_output(source, options.precision)
@@ -197,10 +199,13 @@ def calibration_inputs(options: OptimizeOptions, metadata: ModelMetadata) -> lis
 
     folder = Path(options.calibration)
     if not folder.is_dir():
-        raise InputError(f"{folder}: calibration must be 'random' or a folder of images")
+        raise InputError(
+            f"{folder}: calibration must be 'random' or a folder of images",
+            options=["calibration"],
+        )
     paths = list_images(folder)[: options.samples]
     if not paths:
-        raise InputError(f"{folder}: holds no images")
+        raise InputError(f"{folder}: holds no images", options=["calibration"])
     return [load_image(p, size, metadata.mean, metadata.std)[np.newaxis] for p in paths]
 
 
@@ -223,7 +228,10 @@ def resolve_exclusions(model: onnx.ModelProto, names: tuple[str, ...]) -> set[st
         elif name in by_module:
             excluded.add(by_module[name])
         else:
-            raise InputError(f"--exclude {name}: no node or module of that name in the model")
+            raise InputError(
+                f"{name}: no node or module of that name in the model to keep in float",
+                options=["exclude"],
+            )
     return excluded
 
 

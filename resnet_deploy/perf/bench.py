@@ -54,6 +54,7 @@ from resnet_deploy.runtime.providers import (
     tensorrt_build_note,
 )
 from resnet_deploy.runtime.runners import OrtRunner
+from resnet_deploy.steps import Progress, no_progress
 
 # The columns every latency table starts with (`bench` and `bench --url`)
 LATENCY_HEADERS = (
@@ -159,7 +160,7 @@ class BenchReport:
 def bench(
     model: Path | ModelFile,
     options: BenchOptions | None = None,
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = no_progress,
 ) -> BenchReport:
     """Bench every batch size; a failed one is recorded, a provider fallback refuses the run.
 
@@ -177,6 +178,7 @@ def bench(
     check_fits(
         2 * input_bytes(largest, metadata.image_size) + 2 * eager_bytes,  # ORT, then eager
         f"bench at batch {largest}, {metadata.image_size}x{metadata.image_size}",
+        options=["batch_sizes"],
     )
     warnings = require_target(model.proto, metadata, provider, name=str(model_path))
     for warning in warnings:
@@ -199,7 +201,8 @@ def bench(
         warnings=warnings,
     )
     eager: list[torch.nn.Module] = []  # built on first use, after the provider proved it runs
-    for batch in batch_sizes:
+    progress("batch sizes", 0, len(batch_sizes))
+    for done, batch in enumerate(batch_sizes, 1):
         result = BatchResult(batch_size=batch, provider=provider)
         # One session per batch size; under TensorRT, one engine built for exactly this batch.
         config = session_config(
@@ -227,6 +230,7 @@ def bench(
             progress(f"batch {batch}: failed: {result.error}")
         result.warnings += _warnings(result) + _contention_warnings(result)
         report.batches.append(result)
+        progress("batch sizes", done, len(batch_sizes))
     return report
 
 
@@ -238,8 +242,9 @@ def _batch_sizes(
     fixed = int(metadata.batch)
     if requested not in (None, (fixed,)):
         raise InputError(
-            f"{path}: has a fixed batch of {fixed}; bench it with --batch-sizes {fixed} "
-            "or export it again with --batch dynamic"
+            f"{path}: has a fixed batch of {fixed}; bench batch size {fixed} alone, "
+            "or export it again with a dynamic batch",
+            options=["batch_sizes"],
         )
     return (fixed,)
 
@@ -256,7 +261,7 @@ def _bench_onnxruntime(
     report: BenchReport,
     result: BatchResult,
     options: BenchOptions,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> np.ndarray:
     """Fill ``result`` with ONNX Runtime's numbers (and ``report`` with what the session says);
     return the batch it ran, so the baseline runs the very same one."""
@@ -297,7 +302,7 @@ def _bench_openvino(
     result: BatchResult,
     options: BenchOptions,
     threads: int,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> None:
     """OpenVINO on the very batch ONNX Runtime ran; a failure is a warning, not the run's."""
     progress(f"batch {result.batch_size}: warming up and timing OpenVINO")
@@ -350,7 +355,7 @@ def _bench_torch(
     array: np.ndarray,
     result: BatchResult,
     options: BenchOptions,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> list[float]:
     """Fill ``result``'s eager numbers; return every timed run's ms (none when it cannot run)."""
     if runner.device.type == "cuda" and not torch.cuda.is_available():

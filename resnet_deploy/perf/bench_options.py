@@ -51,37 +51,75 @@ def check_options(options: BenchOptions) -> str:
     provider = resolve_provider(options.provider)
     sizes = options.batch_sizes
     if sizes is not None and (not sizes or min(sizes) < 1):
-        raise InputError(f"batch sizes must be whole numbers of at least 1, got {sizes}")
+        raise InputError(
+            f"batch sizes must be whole numbers of at least 1, got {sizes}", options=["batch_sizes"]
+        )
     if options.warmup_runs is not None and options.warmup_s is not None:
-        raise InputError("give either --warmup (runs) or --warmup-s (seconds), not both")
+        raise InputError(
+            "give the warm-up either as runs or as seconds, not both",
+            options=["warmup_runs", "warmup_s"],
+        )
     if options.iterations is not None and options.duration_s is not None:
-        raise InputError("give either --iterations or --duration, not both")
+        raise InputError(
+            "give the timed loop either as runs or as seconds, not both",
+            options=["iterations", "duration_s"],
+        )
     if min(options.warmup_runs or 0, options.warmup_s or 0) < 0:
-        raise InputError("the warm-up cannot be negative")
+        raise InputError(
+            "the warm-up cannot be negative", options=fields_set(options, "warmup_runs", "warmup_s")
+        )
     if (options.iterations is not None and options.iterations < 1) or (
         options.duration_s is not None and options.duration_s <= 0
     ):
         raise InputError(
-            "the timed loop needs at least one run (--iterations >= 1, --duration > 0)"
+            "the timed loop needs at least one run, or more than 0 s",
+            options=fields_set(options, "iterations", "duration_s"),
         )
     if options.threads is not None and options.threads < 1:
-        raise InputError(f"threads must be at least 1, got {options.threads}")
+        raise InputError(f"threads must be at least 1, got {options.threads}", options=["threads"])
     if options.baseline not in ("torch", "none"):
-        raise InputError(f"unknown baseline {options.baseline!r}; use torch or none")
+        raise InputError(
+            f"unknown baseline {options.baseline!r}; use torch or none", options=["baseline"]
+        )
     if options.compare is not None:
         if options.compare not in ENGINES:
-            raise InputError(f"--compare {options.compare}: use {', '.join(ENGINES)}")
+            raise InputError(
+                f"unknown engine to compare with {options.compare!r}; use {', '.join(ENGINES)}",
+                options=["compare"],
+            )
         if provider != CPU:
-            raise InputError("--compare openvino times OpenVINO's CPU plugin: use --provider cpu")
+            raise InputError(
+                "the OpenVINO comparison times OpenVINO's CPU plugin: use the cpu provider",
+                options=["compare", "provider"],
+            )
         import_openvino()
-    cuda_only = options.cuda_graph or options.cudnn_algo or options.cudnn_max_workspace is not None
+    cuda_only = fields_set(options, "cuda_graph", "cudnn_algo")
+    if options.cudnn_max_workspace is not None:  # False is a choice too
+        cuda_only.append("cudnn_max_workspace")
     if cuda_only and provider != CUDA:
-        raise InputError("--cuda-graph and the cuDNN options need --provider cuda")
+        raise InputError(
+            "CUDA graphs and the cuDNN options need the cuda provider",
+            options=[*cuda_only, "provider"],
+        )
     if options.cuda_graph and not options.io_binding:
-        raise InputError("--cuda-graph replays fixed device addresses: it needs --io-binding")
-    if (options.trt_cache is not None or options.trt_fp16) and provider != TENSORRT:
-        raise InputError("--trt-cache and --trt-fp16 need --provider tensorrt")
+        raise InputError(
+            "a CUDA graph replays fixed device addresses: it needs I/O binding",
+            options=["cuda_graph", "io_binding"],
+        )
+    tensorrt_only = fields_set(options, "trt_cache", "trt_fp16")
+    if tensorrt_only and provider != TENSORRT:
+        raise InputError(
+            "the TensorRT engine cache and fp16 kernels need the tensorrt provider",
+            options=[*tensorrt_only, "provider"],
+        )
     return provider
+
+
+def fields_set(options: object, *fields: str) -> list[str]:
+    """Which of ``fields`` the caller set (not None, not False; 0 is set): the ones an error
+    names."""
+    values = {name: getattr(options, name) for name in fields}
+    return [name for name, value in values.items() if value is not None and value is not False]
 
 
 def session_config(
@@ -123,7 +161,10 @@ def _provider_options(provider: str, options: BenchOptions) -> dict[str, str]:
     if provider == TENSORRT:
         if options.trt_cache is not None:
             if not options.trt_cache.parent.is_dir():
-                raise InputError(f"--trt-cache {options.trt_cache}: its parent folder is missing")
+                raise InputError(
+                    f"{options.trt_cache}: the engine cache's parent folder is missing",
+                    options=["trt_cache"],
+                )
             options.trt_cache.mkdir(exist_ok=True)
         return tensorrt_provider_options(cache_dir=options.trt_cache, fp16=options.trt_fp16)
     return {}

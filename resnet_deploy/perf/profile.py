@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from resnet_deploy.runtime.providers import (
     create_session,
     input_dtype,
 )
+from resnet_deploy.steps import Progress, no_progress
 
 COMPARES = ("openvino",)
 
@@ -114,15 +114,28 @@ class ProfileReport:
 def profile_model(
     path: Path,
     options: ProfileOptions = ProfileOptions(),
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = no_progress,
 ) -> ProfileReport:
     """Profile ``options.runs`` runs of the model at one batch size; see the module docstring."""
-    if options.batch_size < 1 or options.runs < 1 or options.warmup_runs < 0:
-        raise InputError("--batch-size and --runs must be at least 1, --warmup at least 0")
+    if options.batch_size < 1:
+        raise InputError(
+            f"the batch size must be at least 1, got {options.batch_size}", options=["batch_size"]
+        )
+    if options.runs < 1:
+        raise InputError(f"profiling needs at least one run, got {options.runs}", options=["runs"])
+    if options.warmup_runs < 0:
+        raise InputError(
+            f"the warm-up runs cannot be negative, got {options.warmup_runs}",
+            options=["warmup_runs"],
+        )
     if options.threads is not None and options.threads < 1:
-        raise InputError(f"threads must be at least 1, got {options.threads}")
+        raise InputError(f"threads must be at least 1, got {options.threads}", options=["threads"])
     if options.compare is not None and options.compare not in COMPARES:
-        raise InputError(f"--compare {options.compare}: only {', '.join(COMPARES)} is known")
+        raise InputError(
+            f"unknown engine to compare with {options.compare!r}; only {', '.join(COMPARES)}"
+            " is known",
+            options=["compare"],
+        )
     if options.compare == "openvino":
         import_openvino()
     model = read_model(path, require_metadata=True)
@@ -130,7 +143,8 @@ def profile_model(
     if metadata.batch != "dynamic" and int(metadata.batch) != options.batch_size:
         raise InputError(
             f"{path}: has a fixed batch of {metadata.batch}; "
-            f"profile it with --batch-size {metadata.batch}"
+            f"profile it at batch size {metadata.batch}",
+            options=["batch_size"],
         )
     threads = options.threads or physical_cores()
     precision = metadata.precision
@@ -141,7 +155,7 @@ def profile_model(
         optimized_path = Path(folder) / "optimized.onnx"
         progress(f"profiling {options.runs} runs of ONNX Runtime at batch {options.batch_size}")
         events, contention = _ort_events(
-            path, options, threads, metadata.image_size, optimized_path, folder
+            path, options, threads, metadata.image_size, optimized_path, folder, progress
         )
         optimized = onnx.load(str(optimized_path), load_external_data=False)
         if options.optimized_model is not None:
@@ -223,6 +237,7 @@ def _ort_events(
     image_size: int,
     optimized: Path,
     folder: str,
+    progress: Progress,
 ) -> tuple[list[dict], Contention]:
     config = SessionConfig(
         provider="cpu",
@@ -237,9 +252,12 @@ def _ort_events(
     size = image_size
     batch = np.random.default_rng(0).standard_normal((options.batch_size, 3, size, size))
     feed = {session.get_inputs()[0].name: batch.astype(input_dtype(session))}
+    total = options.warmup_runs + options.runs
+    progress("runs, the warm-up first", 0, total)
     with CpuMonitor() as monitor:  # the warm-up is profiled too, and its events dropped below
-        for _ in range(options.warmup_runs + options.runs):
+        for done in range(1, total + 1):
             session.run(None, feed)
+            progress("runs, the warm-up first", done, total)
     with open(session.end_profiling()) as file:
         events = json.load(file)
     runs = sorted(

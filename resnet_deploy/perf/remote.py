@@ -12,7 +12,6 @@ served latency also holds the wait behind the others, and the throughput ratio i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from resnet_deploy.serving.client import (
     connect,
     time_requests,
 )
+from resnet_deploy.steps import Progress, no_progress
 
 LOOP_LIMIT_S = 600.0  # no warm-up or timed loop runs longer, whatever --iterations asks
 
@@ -84,7 +84,7 @@ def bench_endpoint(
     endpoint: EndpointOptions,
     options: BenchOptions | None = None,
     model_path: Path | None = None,
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = no_progress,
 ) -> RemoteBenchReport:
     """Bench the served model at each batch size; with ``model_path``, the overhead too."""
     options = options or BenchOptions()
@@ -110,7 +110,9 @@ def bench_endpoint(
         metadata=metadata,
     )
     provider = f"{model.server} over {model.protocol}"
-    for batch in _batch_sizes(options.batch_sizes, model):
+    sizes = _batch_sizes(options.batch_sizes, model)
+    progress("served batch sizes", 0, len(sizes))
+    for done, batch in enumerate(sizes, 1):
         result = BatchResult(batch_size=batch, provider=provider)
         try:
             _bench_batch(report, result, endpoint.timeout_s, progress)
@@ -119,9 +121,9 @@ def bench_endpoint(
             progress(f"batch {batch}: failed: {result.error}")
         result.warnings += _warnings(result)
         report.batches.append(result)
+        progress("served batch sizes", done, len(sizes))
     if model_file is not None:
         progress("timing the same batch sizes in process, for the serving overhead")
-        sizes = tuple(b.batch_size for b in report.batches)
         report.in_process = bench(
             model_file, replace(options, batch_sizes=sizes, baseline="none"), progress
         )
@@ -137,7 +139,8 @@ def _batch_sizes(requested: tuple[int, ...] | None, model: EndpointModel) -> tup
         if requested not in (None, (model.fixed_batch,)):
             raise InputError(
                 f"{model.url} {model.name}: takes a fixed batch of {model.fixed_batch}; "
-                f"use --batch-sizes {model.fixed_batch}"
+                f"bench batch size {model.fixed_batch} alone",
+                options=["batch_sizes"],
             )
         return (model.fixed_batch,)
     limit = model.max_batch_size
@@ -146,7 +149,8 @@ def _batch_sizes(requested: tuple[int, ...] | None, model: EndpointModel) -> tup
     too_large = [size for size in requested if size > limit]
     if too_large:
         raise InputError(
-            f"{model.url} {model.name}: batch {too_large[0]} is over its max_batch_size {limit}"
+            f"{model.url} {model.name}: batch {too_large[0]} is over its max_batch_size {limit}",
+            options=["batch_sizes"],
         )
     return requested
 
@@ -155,7 +159,7 @@ def _bench_batch(
     report: RemoteBenchReport,
     result: BatchResult,
     timeout_s: float,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> None:
     """The first request timed alone, then the warm-up, then the timed loop, as bench does."""
     model, options, batch = report.model, report.options, result.batch_size

@@ -44,7 +44,6 @@ starts that would end past its share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,6 +73,7 @@ from resnet_deploy.perf.tune_candidates import (
 from resnet_deploy.report.records import format_table
 from resnet_deploy.runtime.names import CUDA
 from resnet_deploy.runtime.providers import resolve_provider
+from resnet_deploy.steps import Progress, no_progress
 
 if TYPE_CHECKING:
     from resnet_deploy.perf.loadgen import ScenarioResult
@@ -148,24 +148,35 @@ def check_tune_options(model: Path, options: TuneOptions) -> str:
     """Every cheap check before any work; returns the provider's full name."""
     provider = resolve_provider(options.provider)
     if provider not in ("CPUExecutionProvider", CUDA):
-        raise InputError("tune searches the cpu and cuda providers")
+        raise InputError("tune searches the cpu and cuda providers", options=["provider"])
     if options.objective not in OBJECTIVES:
-        raise InputError(f"unknown objective {options.objective!r}; use throughput or latency")
+        raise InputError(
+            f"unknown objective {options.objective!r}; use throughput or latency",
+            options=["objective"],
+        )
     if not options.slo_p99_ms > 0:
-        raise InputError(f"--slo-p99-ms must be greater than 0, got {options.slo_p99_ms}")
+        raise InputError(
+            f"the p99 bound must be greater than 0 ms, got {options.slo_p99_ms}",
+            options=["slo_p99_ms"],
+        )
     if not options.budget_s > 0:
-        raise InputError(f"--budget-s must be greater than 0, got {options.budget_s}")
+        raise InputError(
+            f"the time budget must be greater than 0 s, got {options.budget_s}",
+            options=["budget_s"],
+        )
     if options.max_batch < 1:
-        raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
+        raise InputError(
+            f"the largest batch must be at least 1, got {options.max_batch}", options=["max_batch"]
+        )
     if options.int8 is not None and not Path(options.int8).is_file():
-        raise InputError(f"{options.int8}: no such file")
+        raise InputError(f"{options.int8}: no such file", options=["int8"])
     return provider
 
 
 def tune(
     model: Path,
     options: TuneOptions = TuneOptions(),
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = no_progress,
 ) -> TuneReport:
     """Search, pick, check with LoadGen, write out; see the module docstring."""
     started = time.perf_counter()
@@ -285,17 +296,19 @@ def _loadgen_stage(
     models: dict[str, ModelFile],
     options: TuneOptions,
     end: float,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> None:
     """5. LoadGen Server's peak search at the bound on each finalist in turn, each in an equal
     share of the time left; the one with the highest VALID target QPS is deployed (the winner
     on a tie or when none had a VALID step)."""
     finalists = _finalists(report)
     found: dict[str, ScenarioResult | None] = {}
+    progress("LoadGen finalists", 0, len(finalists))
     for index, (name, candidate) in enumerate(finalists.items()):
         budget_s = (end - time.perf_counter()) / (len(finalists) - index)
         model = models[candidate.precision]
         found[name] = _peak_search(report, name, candidate, model, budget_s, options, progress)
+        progress("LoadGen finalists", index + 1, len(finalists))
     report.loadgen = found["winner"]
     report.batch1_loadgen = found.get("batch 1")
     default_found = found.get("default", report.loadgen)
@@ -326,7 +339,7 @@ def _peak_search(
     model: ModelFile,
     budget_s: float,
     options: TuneOptions,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> ScenarioResult | None:
     """``candidate``'s LoadGen Server peak search at the bound, its instances each with their
     own session as in the search; None, with a note, where no step could run."""

@@ -26,6 +26,7 @@ from resnet_deploy.runtime.providers import (
     input_dtype,
 )
 from resnet_deploy.runtime.runners import OrtRunner
+from resnet_deploy.steps import Progress
 
 MIN_GAIN = 0.03  # a larger batch must add this much throughput to be worth its latency
 PRUNE_MARGIN = 0.10  # a precision this close to the best at batch 1 is searched further too
@@ -82,7 +83,7 @@ class Search:
         bound: Bound,
         candidate_s: float,
         deadline: float,
-        progress: Callable[[str], None],
+        progress: Progress,
     ) -> None:
         self.provider = provider
         self.metadata = metadata
@@ -193,10 +194,12 @@ def layout_stage(
                     layout = Candidate("layout", precision, path, instances, threads, 1, spin)
                     layouts.append(layout)
     measured = []
-    for layout in layouts:
+    search.progress("layout candidates", 0, len(layouts))
+    for count, layout in enumerate(layouts, 1):
         done = search.measure(layout)
         if done not in measured:
             measured.append(done)
+        search.progress("layout candidates", count, len(layouts))
     under = [c for c in measured if c.meets_slo]
     ranked = sorted(under, key=search.key(search.bound.objective), reverse=True)
     for loser in ranked[2:]:

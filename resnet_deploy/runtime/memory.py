@@ -10,6 +10,8 @@ sides, so it needs the sum of all activations instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import psutil
 
 from resnet_deploy.errors import InputError
@@ -51,14 +53,19 @@ def available_bytes() -> int:
 
 
 def check_fits(
-    needed: int, what: str, advice: str = "use a smaller batch size or image size"
+    needed: int,
+    what: str,
+    advice: str = "use a smaller batch size or image size",
+    options: Sequence[str] = (),
 ) -> None:
-    """Refuse work whose estimate exceeds what is available, naming both figures."""
+    """Refuse work whose estimate exceeds what is available, naming both figures (and the
+    ``options`` that set its size)."""
     available = available_bytes()
     if needed > available:
         raise InputError(
             f"{what} needs about {_gib(needed)} of memory, more than the {_gib(available)} "
-            f"available here; {advice}"
+            f"available here; {advice}",
+            options=options,
         )
 
 

@@ -64,7 +64,7 @@ class Placement:
         """What a GPU run loses when compute nodes land on the CPU; None when none do."""
         if not self.cpu_compute_nodes:
             return None
-        return self._cpu_nodes() + " (--strict-placement refuses this)"
+        return self._cpu_nodes() + " (strict placement refuses this)"
 
     def _cpu_nodes(self) -> str:
         count = sum(self.cpu_compute_nodes.values())
@@ -98,7 +98,10 @@ def check_placement(placement: Placement, *, strict: bool) -> list[str]:
     if not placement.cpu_compute_nodes:
         return []
     if strict:
-        raise PlacementError(f"--strict-placement: {placement._cpu_nodes()}")
+        raise PlacementError(
+            f"{placement._cpu_nodes()}; refused under strict placement",
+            options=["strict_placement"],
+        )
     return [placement.warning()]
 
 

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_deploy.errors import InputError, ProviderError
 from resnet_deploy.model.metadata import read_metadata
-from resnet_deploy.model.onnxfile import load_onnx
+from resnet_deploy.model.onnxfile import ModelFile, load_onnx
 from resnet_deploy.runtime.int8target import file_target, tensorrt_int8_options
 from resnet_deploy.runtime.names import CPU, CUDA, CUDNN_ALGOS, SHORT_NAMES, TENSORRT
 from resnet_deploy.runtime.placement import (
@@ -147,11 +148,13 @@ def provider_failures(session: ort.InferenceSession) -> Iterator[None]:
 GRAPH_CAPTURE_REFUSED = "cannot use the graph capture feature"
 
 
-def create_session(model: Path | bytes, config: SessionConfig) -> StrictSession:
+def create_session(model: ModelFile | Path | bytes, config: SessionConfig) -> StrictSession:
     """A session that runs on exactly the provider asked for, or a ProviderError saying why not.
 
     TensorRT is registered together with CUDA (TensorRT's documented setup), so the nodes it
     does not take run on CUDA, not on the CPU; an fp16 file turns on TensorRT's fp16 kernels.
+    A ModelFile the command already read is not parsed again; a path is read (and its external
+    data checked) here.
     """
     provider = resolve_provider(config.provider)
     if provider not in ort.get_available_providers():
@@ -169,9 +172,14 @@ def create_session(model: Path | bytes, config: SessionConfig) -> StrictSession:
         options.profile_file_prefix = config.profile_prefix
     if config.optimized_model_path is not None:
         options.optimized_model_filepath = str(config.optimized_model_path)
-    proto = load_onnx(model) if isinstance(model, Path) else None  # checks external data too
-    providers = registered_providers(provider, config.provider_options, proto)
-    source = str(model) if isinstance(model, Path) else model
+    if isinstance(model, Path):
+        proto = load_onnx(model)  # checks external data too
+        # not hashed: no record made here names the file's bytes
+        model = ModelFile(model, proto, read_metadata(proto, model), sha256="")
+    providers = registered_providers(
+        provider, config.provider_options, model if isinstance(model, ModelFile) else None
+    )
+    source = str(model.path) if isinstance(model, ModelFile) else model  # ORT maps the file
     # Python-level fallbacks (TensorRT's "EP Error") are printed to stdout; keep them out of it.
     with captured_stderr() as log, redirect_stdout(io.StringIO()) as printed:
         try:
@@ -200,13 +208,19 @@ def create_session(model: Path | bytes, config: SessionConfig) -> StrictSession:
 
 
 def registered_providers(
-    provider: str, options: dict[str, Any], proto: Any | None
+    provider: str, options: dict[str, Any], model: ModelFile | onnx.ModelProto | None
 ) -> list[tuple[str, dict[str, Any]]]:
     """``[(provider, options)]``; TensorRT with CUDA after it, fp16 on for fp16 files and int8
-    on for int8 files made for TensorRT (every command, LoadGen and serve included)."""
+    on for int8 files made for TensorRT (every command, LoadGen and serve included).
+
+    A ModelFile brings the metadata its command already parsed; a bare proto is parsed here.
+    """
     if provider != TENSORRT:
         return [(provider, options)]
-    metadata = read_metadata(proto) if proto is not None else None
+    if isinstance(model, ModelFile):
+        proto, metadata = model.proto, model.metadata
+    else:
+        proto, metadata = model, read_metadata(model) if model is not None else None
     if metadata is not None and metadata.precision == "fp16":
         options = {"trt_fp16_enable": "True"} | options  # an explicit choice wins
     if proto is not None:
@@ -222,9 +236,9 @@ def _reason(message: str) -> str:
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", last)
 
 
-def load_failure(model: Path | bytes, message: str) -> str:
+def load_failure(model: ModelFile | bytes, message: str) -> str:
     """ONNX Runtime's refusal of a model, with both versions named where it is a version."""
-    name = str(model) if isinstance(model, Path) else "model"
+    name = str(model.path) if isinstance(model, ModelFile) else "model"
     ir = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", message)
     if ir:
         return (
@@ -402,7 +416,7 @@ def tensorrt_build_note(config: SessionConfig) -> str | None:
     options = config.provider_options
     shapes = options.get("trt_profile_max_shapes", "the shapes of the first runs")
     cache = options.get("trt_engine_cache_path")
-    where = f"cached in {cache}" if cache else "not cached: --trt-cache keeps it"
+    where = f"cached in {cache}" if cache else "not cached: a TensorRT cache folder keeps it"
     return f"building the TensorRT engine up to {shapes} (minutes if not cached; {where})"
 
 

@@ -26,8 +26,8 @@ import onnxruntime as ort
 from resnet_deploy.data.images import open_rgb, preprocess
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.labels import softmax, top_k
-from resnet_deploy.model.metadata import ModelMetadata, read_metadata
-from resnet_deploy.model.onnxfile import load_onnx
+from resnet_deploy.model.metadata import ModelMetadata
+from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.runtime.providers import SessionConfig, create_session, input_dtype
 
 IMAGE_INPUT = "image"
@@ -40,17 +40,17 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        model_path = Path(parameters["model_path"])
+        model = read_model(Path(parameters["model_path"]))  # once: the session and metadata
         # the SessionConfig `serve` built, so the stub's session is the one it checked
         session_config = SessionConfig(**json.loads(parameters["session"]))
-        self.session = create_session(model_path, session_config)
+        self.session = create_session(model, session_config)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.dtype = input_dtype(self.session)
         self.kind = parameters["kind"]
         self.batching = config.get("max_batch_size", 0) > 0
         if self.kind == "image":
-            self.metadata = read_metadata(load_onnx(model_path), model_path)
+            self.metadata = model.metadata
             self.top_k = int(parameters["top_k"])
             fixed = int(parameters["fixed_batch"])
             self.fixed_batch = fixed or None

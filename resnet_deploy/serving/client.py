@@ -67,7 +67,7 @@ class EndpointModel:
 def parse_url(url: str) -> tuple[str, str]:
     """``grpc://HOST:PORT`` -> ("grpc", "HOST:PORT"); anything else is a one-line InputError."""
     parts = urlsplit(url.strip())
-    usage = f"--url {url}: use grpc://HOST:PORT or http://HOST:PORT"
+    usage = f"endpoint URL {url}: use grpc://HOST:PORT or http://HOST:PORT"
     if parts.scheme not in SCHEMES or not parts.hostname or parts.path not in ("", "/"):
         raise InputError(usage)
     try:
@@ -82,7 +82,7 @@ def parse_url(url: str) -> tuple[str, str]:
 def check_endpoint(options: EndpointOptions) -> tuple[str, str]:
     """The cheap checks, before any connection; returns the protocol and HOST:PORT."""
     if options.concurrency is not None and options.concurrency < 1:
-        raise InputError(f"--concurrency must be at least 1, got {options.concurrency}")
+        raise InputError(f"concurrency must be at least 1, got {options.concurrency}")
     if not options.timeout_s > 0:
         raise InputError(f"the request timeout must be positive, got {options.timeout_s}")
     return parse_url(options.url)

@@ -2,7 +2,7 @@
 
 NVIDIA's own ``tritonserver`` (the build the ``nvidia-pytriton`` wheel ships, with its Python
 backend) runs as a child process on a model repository written for the run. Each model instance
-is a Python-backend stub process holding its own ONNX Runtime session (``triton_backend``), so
+is a Python-backend stub process holding its own ONNX Runtime session (``serving.backend``), so
 clients speak KServe v2 (HTTP and gRPC) to the same scheduler, dynamic batcher, queue policy and
 error handling that a production Triton has, and a batch reaches ONNX Runtime through the stub's
 shared memory alone. PyTriton's own way, binding a function in this process behind a proxy, cost
@@ -11,55 +11,47 @@ about 7 ms more a request on this project's 2-core CPU, more than the whole serv
 Two models are served:
 
 - ``<name>``: the ONNX model's own tensors, with the name, data types and dims that `triton`
-  writes for the same file (both come from ``triton.build_config``), so one client works
+  writes for the same file (both come from ``serving.config.build_config``), so one client works
   against this server and against a Triton serving the repository.
 - ``<name>_image``: encoded image bytes in (one image a batch row), the model's recorded
   preprocessing done in the stub, the top-k class names and probabilities out, and an ``error``
   output a row: empty when the image was classified, else the reason, so one client's bad file
   does not fail the rows batched with it.
 
-What the Triton build leaves to its user is handled here: the stub loads ``libpython3.X.so``
-by soname, so an interpreter built elsewhere (pyenv, conda) gets the system's library unless
-its own LIBDIR comes first on the loader path; ``/v2/health/ready`` answers before the models
+The model file is read once, when the server is made, and that one ModelFile gives the config,
+the int8 target check and the ONNX Runtime session checked before Triton starts (the stubs, in
+their own processes, read it again). The tritonserver process itself (its build, environment,
+log and shared memory) is ``serving.process``. ``/v2/health/ready`` answers before the models
 are loaded, so readiness is each model's own endpoint; and both SIGINT and SIGTERM end in the
 same drain: Triton stops taking requests, finishes those in flight, then exits.
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
-import site
-import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet_deploy.errors import InputError, ResnetDeployError
+from resnet_deploy.errors import InputError
 from resnet_deploy.model.labels import imagenet_classes
-from resnet_deploy.model.metadata import ModelMetadata, read_metadata
-from resnet_deploy.model.onnxfile import load_onnx
+from resnet_deploy.model.metadata import ModelMetadata
+from resnet_deploy.model.onnxfile import ModelFile, read_model
 from resnet_deploy.runtime.int8target import require_target
 from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.placement import check_placement
 from resnet_deploy.runtime.providers import SessionConfig, create_session, resolve_provider
 from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS
-from resnet_deploy.serving.repository import (
+from resnet_deploy.serving.config import (
     LABELS_FILE,
     TritonOptions,
     build_config,
@@ -70,17 +62,23 @@ from resnet_deploy.serving.repository import (
     resolve_batching,
     tensor_specs,
 )
+from resnet_deploy.serving.process import (
+    Listen,
+    ServeError,
+    backend_stub_source,
+    check_ports_free,
+    launch_tritonserver,
+    log_cause,
+    model_ready,
+    remove_shared_memory,
+    tritonserver_files,
+)
 
 IMAGE_SUFFIX = "_image"
 DEFAULT_MAX_QUEUE_SIZE = 128
 DEFAULT_TOP_K = 5
-SHM_DIR = Path("/dev/shm")
 POLL_S = 0.2
 STOP_MARGIN_S = 30.0  # beyond the drain: unloading the models and their stubs
-
-
-class ServeError(ResnetDeployError):
-    """The server could not start or stopped on its own; the message gives the cause."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,10 @@ class ServeOptions:
     drain_timeout_s: int = 20
     strict_placement: bool = False  # refuse to start when compute nodes land on the CPU
 
+    @property
+    def listen(self) -> Listen:
+        return Listen(self.host, self.http_port, self.grpc_port, self.metrics_port)
+
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -134,30 +136,26 @@ class ServeResult:
 
 def check_options(options: ServeOptions) -> None:
     """Every check that needs no model and no server."""
-    ports = {
-        "--http-port": options.http_port,
-        "--grpc-port": options.grpc_port,
-        "--metrics-port": options.metrics_port,
-    }
+    ports = options.listen.ports
     for flag, port in ports.items():
         if not 1 <= port <= 65535:
             raise InputError(f"{flag} must be between 1 and 65535, got {port}")
     if len(set(ports.values())) != len(ports):
         raise InputError(f"the HTTP, gRPC and metrics ports must differ, got {ports}")
     if options.max_batch_size is not None and options.max_batch_size < 0:
-        raise InputError(f"--max-batch-size must be 0 or more, got {options.max_batch_size}")
+        raise InputError(f"max batch size must be 0 or more, got {options.max_batch_size}")
     if options.max_queue_delay_us < 0:
         raise InputError(
-            f"--max-queue-delay-us must be 0 or more, got {options.max_queue_delay_us}"
+            f"max queue delay must be 0 or more microseconds, got {options.max_queue_delay_us}"
         )
     if options.max_queue_size < 0:
         raise InputError(f"--max-queue-size must be 0 or more, got {options.max_queue_size}")
     if options.instances < 1:
         raise InputError(f"--instances must be at least 1, got {options.instances}")
     if options.threads < 0:
-        raise InputError(f"--threads must be 0 or more, got {options.threads}")
+        raise InputError(f"threads per session must be 0 or more, got {options.threads}")
     if options.drain_timeout_s < 1:
-        raise InputError(f"--drain-timeout-s must be at least 1, got {options.drain_timeout_s}")
+        raise InputError(f"drain timeout must be at least 1 s, got {options.drain_timeout_s}")
     if not 1 <= options.top_k <= len(imagenet_classes()):
         raise InputError(f"--top must be between 1 and {len(imagenet_classes())}")
     resolve_provider(options.provider)
@@ -173,13 +171,12 @@ class ServedModel:
     warnings: tuple[str, ...] = ()  # e.g. an int8 file made for CPUs with VNNI
 
 
-def served_model(model_path: Path, options: ServeOptions) -> ServedModel:
+def served_model(model_file: ModelFile, options: ServeOptions) -> ServedModel:
     """The config `triton` would write for this file, with serve's batching options."""
-    model = load_onnx(model_path)
-    metadata = read_metadata(model, model_path)
+    model, metadata = model_file.proto, model_file.metadata
     provider = resolve_provider(options.provider)
-    warnings = require_target(model, metadata, provider, name=str(model_path))  # or refuses
-    name = model_name(model_path, metadata, options.name)
+    warnings = require_target(model, metadata, provider, name=str(model_file.path))  # or refuses
+    name = model_name(model_file.path, metadata, options.name)
     inputs, outputs = tensor_specs(model)
     triton_options = TritonOptions(
         repo=Path("."),
@@ -203,11 +200,12 @@ class ModelServer:
     models answer ready, or raises a ServeError with the cause.
     """
 
-    def __init__(self, model_path: Path, options: ServeOptions = ServeOptions()) -> None:
-        check_options(options)
-        self.model_path = Path(model_path).resolve()
+    def __init__(self, model: ModelFile | Path, options: ServeOptions = ServeOptions()) -> None:
+        check_options(options)  # before the file: a bad option fails without reading 100 MB
+        self.model_file = model if isinstance(model, ModelFile) else read_model(Path(model))
+        self.model_path = self.model_file.path.resolve()  # the stubs run in other folders
         self.options = options
-        self.served = served_model(self.model_path, options)
+        self.served = served_model(self.model_file, options)
         self.notes: list[str] = list(self.served.warnings)
         self.startup_s = 0.0
         self._process: subprocess.Popen | None = None
@@ -249,11 +247,11 @@ class ModelServer:
         """Start and wait for readiness; ``cancel`` set meanwhile stops it (KeyboardInterrupt)."""
         started = time.perf_counter()
         engine = tritonserver_files()
-        check_ports_free(self.options)
+        check_ports_free(self.options.listen)
         # One session here first: a file ONNX Runtime cannot load or a provider that is not
         # there is the user's one-line error now, not a traceback in Triton's log later.
         progress("check the model loads in ONNX Runtime")
-        session = create_session(self.model_path, self._session_config())
+        session = create_session(self.model_file, self._session_config())
         self.notes.append(session.placement.summary())
         self.notes += check_placement(session.placement, strict=False)
         del session
@@ -267,7 +265,12 @@ class ModelServer:
             repository = self.write_repository(self._folder / "models")
             progress(f"start tritonserver ({self.options.instances} instance(s) a model)")
             self._process = launch_tritonserver(
-                engine, repository, self.options, self._folder, self.log_file
+                engine,
+                repository,
+                self.options.listen,
+                exit_timeout_s=self.options.drain_timeout_s,
+                folder=self._folder,
+                log_file=self.log_file,
             )
             self._wait_until_ready(progress, cancel or threading.Event())
         except BaseException:
@@ -286,7 +289,7 @@ class ModelServer:
         )
 
     def write_repository(self, repository: Path) -> Path:
-        """The models as Triton's Python backend runs them (see triton_backend)."""
+        """The models as Triton's Python backend runs them (see serving.backend)."""
         options = self.options
         parameters = {
             "model_path": str(self.model_path),
@@ -406,7 +409,7 @@ class ModelServer:
 
 
 def serve(
-    model_path: Path,
+    model: ModelFile | Path,
     options: ServeOptions = ServeOptions(),
     progress: Callable[[str], None] = lambda step: None,
     on_ready: Callable[[Endpoints, float], None] = lambda endpoints, startup_s: None,
@@ -420,7 +423,7 @@ def serve(
         stop.set()
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = ModelServer(model_path, options)
+    server = ModelServer(model, options)  # reads the file, once
     try:
         endpoints = server.start(progress, cancel=stop)
         on_ready(endpoints, server.startup_s)
@@ -438,7 +441,7 @@ def serve(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     result = ServeResult(
-        model=Path(model_path),
+        model=server.model_file.path,
         endpoints=endpoints,
         provider=resolve_provider(options.provider),
         max_batch_size=server.served.config.max_batch_size,
@@ -452,191 +455,6 @@ def serve(
     if not received:
         raise ServeError(stopped_by)
     return result
-
-
-def check_ports_free(options: ServeOptions) -> None:
-    """Refuse a port already taken now, with its flag, rather than after tritonserver fails."""
-    flags = {
-        options.http_port: "--http-port",
-        options.grpc_port: "--grpc-port",
-        options.metrics_port: "--metrics-port",
-    }
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
-    for port, flag in flags.items():
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton binds
-            try:
-                probe.bind((options.host, port))
-            except OSError as exc:
-                if exc.errno == 98:  # EADDRINUSE
-                    raise InputError(
-                        f"port {port} on {options.host} is in use ({flag}); pick another"
-                    ) from None
-                raise InputError(
-                    f"cannot listen on {options.host}:{port}: {exc.strerror}"
-                ) from None
-
-
-@dataclass(frozen=True)
-class TritonFiles:
-    """Where PyTriton's wheel keeps the Triton build it ships."""
-
-    binary: Path  # bin/tritonserver
-    libraries: Path  # the shared libraries it links
-    python_backend: Path  # backends/python: libtriton_python.so and its utilities
-    stub: Path  # the Python-backend stub built for this interpreter's version
-
-
-def tritonserver_files() -> TritonFiles:
-    """The Triton that nvidia-pytriton installs, with the stub for this Python, or a ServeError."""
-    if importlib.util.find_spec("pytriton") is None:
-        raise ServeError(
-            "serve needs PyTriton's Triton build, which is not installed: "
-            "pip install 'resnet-deploy[serve]' (Linux x86_64 or aarch64 only)"
-        )
-    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
-
-    root = get_root_module_path() / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    files = TritonFiles(
-        root / "bin" / "tritonserver",
-        get_libs_path(),
-        root / "backends" / "python",
-        get_stub_path(version),
-    )
-    missing = [str(p) for p in (files.binary, files.python_backend, files.stub) if not p.exists()]
-    if missing:
-        raise ServeError(f"PyTriton's Triton build for Python {version} lacks {', '.join(missing)}")
-    return files
-
-
-def backend_stub_source() -> str:
-    """The repository's model.py: this interpreter's packages, then the shared model class.
-
-    ``site.addsitedir`` also runs the ``.pth`` files there, so an editable install of this
-    package imports in the stub as it does here.
-    """
-    package_root = Path(__file__).resolve().parent.parent
-    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    return (
-        "# Written by resnet-deploy serve: Triton's Python backend runs this file.\n"
-        "import site\nimport sys\n\n"
-        f"sys.path.insert(0, {str(package_root)!r})\n"
-        f"for folder in {site_dirs!r}:\n"
-        "    site.addsitedir(folder)\n\n"
-        "from resnet_deploy.serving.backend import TritonPythonModel  # noqa: E402,F401\n"
-    )
-
-
-def launch_tritonserver(
-    files: TritonFiles, repository: Path, options: ServeOptions, folder: Path, log_file: Path
-) -> subprocess.Popen:
-    """tritonserver on ``repository``, with a backend folder holding the stub for this Python.
-
-    Triton looks for the stub beside the backend's library, so the two are linked into one
-    folder of our own. The child gets SIGTERM if this process dies without stopping it.
-    """
-    backends = folder / "backends" / "python"
-    backends.mkdir(parents=True)
-    for source in [*files.python_backend.iterdir(), files.stub]:
-        if source.is_file():
-            (backends / source.name).symlink_to(source)
-    command = [
-        str(files.binary),
-        f"--model-repository={repository}",
-        f"--backend-directory={backends.parent}",
-        f"--backend-config=python,shm-region-prefix-name={shm_prefix(os.getpid())}",
-        f"--http-address={options.host}",
-        f"--http-port={options.http_port}",
-        f"--grpc-address={options.host}",
-        f"--grpc-port={options.grpc_port}",
-        f"--metrics-address={options.host}",
-        f"--metrics-port={options.metrics_port}",
-        "--allow-gpu-metrics=false",
-        f"--exit-timeout-secs={options.drain_timeout_s}",
-        f"--log-file={log_file}",
-        "--log-verbose=0",
-    ]
-    return subprocess.Popen(
-        command,
-        env=tritonserver_environment(files),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_terminate_with_parent,
-    )
-
-
-def _terminate_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def tritonserver_environment(files: TritonFiles) -> dict[str, str]:
-    """This environment with the loader path tritonserver and its stubs need.
-
-    The stub links ``libpython3.X.so`` by soname. Under pyenv or conda, the loader would
-    otherwise find the system's library of another patch release, and the models fail to load
-    with errors such as ``'_thread.RLock' object has no attribute '_recursion_count'``: this
-    interpreter's LIBDIR goes first.
-    """
-    folders = [str(files.libraries)]
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
-        folders.insert(0, libdir)
-    if os.environ.get("LD_LIBRARY_PATH"):
-        folders.append(os.environ["LD_LIBRARY_PATH"])
-    return {**os.environ, "LD_LIBRARY_PATH": ":".join(folders)}
-
-
-def model_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def shm_prefix(pid: int) -> str:
-    """How the Python backend names its /dev/shm regions for a server started by ``pid``."""
-    return f"resnet-deploy-{pid}-"
-
-
-def shared_memory_segments(pid: int) -> list[Path]:
-    """The Python backend's /dev/shm regions for a server started by process ``pid``."""
-    if not SHM_DIR.is_dir():
-        return []
-    return sorted(SHM_DIR.glob(f"{shm_prefix(pid)}*"))
-
-
-def remove_shared_memory(pid: int) -> None:
-    """Regions a killed stub could not remove; a clean stop leaves none."""
-    for path in shared_memory_segments(pid):
-        path.unlink(missing_ok=True)
-
-
-# Error lines tritonserver logs on every start here, which say nothing about a failure.
-BENIGN_LOG_ERRORS = ("CudaDriverHelper has not been initialized", "config modification time")
-
-
-def log_cause(text: str) -> str | None:
-    """The first telling error line of a tritonserver log, without its timestamp prefix."""
-    for line in text.splitlines():
-        if re.match(r"E\d{4} ", line) and not any(b in line for b in BENIGN_LOG_ERRORS):
-            message = line.split("] ", 1)[-1].strip().strip('"').replace("\\n", "\n")
-            # A Python traceback logged as one line: keep its first line and its final error.
-            raised = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", message, re.M)
-            if "Traceback" in message and raised:
-                head = message.split("Traceback", 1)[0].strip().rstrip(":")
-                message = f"{head}: {raised[-1].strip()}"
-            message = " ".join(message.split())
-            if "_recursion_count" in message or "libpython" in message:
-                message += (
-                    " (the Python backend stub loaded another libpython than this "
-                    "interpreter's; is its LIBDIR readable?)"
-                )
-            return message
-    return None
 
 
 def format_endpoints(endpoints: Endpoints, startup_s: float) -> str:

@@ -32,12 +32,13 @@ from resnet_deploy.perf.loadgen.options import (
 )
 from resnet_deploy.perf.loadgen.prepare import Prepared, prepare
 from resnet_deploy.perf.loadgen.results import accuracy, read_result
+from resnet_deploy.steps import Progress, no_progress
 
 
 def run_scenario(
     model: Path | ModelFile | None,
     options: ScenarioOptions | None = None,
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = no_progress,
 ) -> ScenarioResult:
     """One LoadGen test (or, with ``find_peak``, a bisection of Server tests) on the model: in
     process, or served at ``options.endpoint`` (then the file, if given, only describes it)."""
@@ -45,7 +46,9 @@ def run_scenario(
     options = options or ScenarioOptions()
     scenario = check_scenario_options(options)
     if model is None and options.endpoint is None:
-        raise InputError("give the model file, or --url of a server that serves it")
+        raise InputError(
+            "give the model file, or the URL of a server that serves it", options=["url"]
+        )
     if model is not None and not isinstance(model, ModelFile):
         model = read_model(model, require_metadata=True)
     lg = _import_loadgen()
@@ -125,7 +128,7 @@ def _run_test(
     options: ScenarioOptions,
     target_qps: float | None,
     logs: Path,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> ScenarioResult:
     """One LoadGen test into ``logs``, read back from LoadGen's own logs."""
     lg, scenario = prepared.lg, prepared.scenario
@@ -183,9 +186,11 @@ def _run_test(
             lg.DestroySUT(sut_handle)
             library.unload(list(library.loaded))
     if sut.error is not None:
+        smaller = prepared.max_batch > 1
         raise ResnetDeployError(
             f"inference failed during the LoadGen run: {sut.error}"
-            + (" (try a smaller --max-batch)" if prepared.max_batch > 1 else "")
+            + (" (try a smaller largest batch)" if smaller else ""),
+            options=["max_batch"] if smaller else (),
         )
     result = read_result(prepared, options, logs, settings, target_qps, sut)
     result.notes[:0] = notes
@@ -262,7 +267,7 @@ def _find_peak(
     prepared: Prepared,
     options: ScenarioOptions,
     logs: Path,
-    progress: Callable[[str], None],
+    progress: Progress,
     started: float,
 ) -> ScenarioResult:
     """Bisect the Server target QPS between 0 and the throughput measured at max_batch (Server
@@ -275,9 +280,11 @@ def _find_peak(
     bound_ms = _latency_bound_ms(options)
     if prepared.single_latency_ms > bound_ms:
         raise ResnetDeployError(
-            f"--find-peak: one sample alone takes {prepared.single_latency_ms:.1f} ms here "
-            f"(median), over the {bound_ms:g} ms bound: no target QPS can be VALID "
-            "(raise --latency-bound-ms, or use a faster provider)"
+            f"the peak search cannot start: one sample alone takes "
+            f"{prepared.single_latency_ms:.1f} ms here (median), over the {bound_ms:g} ms "
+            "bound: no target QPS can be VALID (raise the latency bound, or use a faster "
+            "provider)",
+            options=["find_peak", "latency_bound_ms"],
         )
     probe = _test_settings(prepared.lg, prepared, options, prepared.throughput_per_s)
     budget = options.peak_budget_s
@@ -287,12 +294,14 @@ def _find_peak(
     steps: list[PeakStep] = []
     best = last = None
     stopped = ""  # why the search ended before its last step
+    progress("peak search steps", 0, options.peak_steps)
     for number in range(1, options.peak_steps + 1):
         qps = _round_qps((low + high) / 2)
         if qps < floor:
             stopped = (
                 f"below {floor:.3g} QPS one step would take over {longest_s:g} s "
-                f"(LoadGen's {probe.min_query_count} queries; --min-queries sets fewer)"
+                f"(LoadGen's {probe.min_query_count} queries; a lower minimum query count "
+                "shortens it)"
             )
             break
         step_s = _server_step_s(probe, qps)
@@ -306,12 +315,16 @@ def _find_peak(
         reason = "" if last.valid else last.invalid_reasons[0]
         steps.append(PeakStep(qps, last.valid, last.samples_per_s, last.p99_ms, reason))
         progress(f"{qps:g} QPS: {'VALID' if last.valid else 'INVALID: ' + reason}")
+        progress("peak search steps", number, options.peak_steps)
         if last.valid:
             low, best = qps, last
         else:
             high = qps
     if last is None:
-        raise ResnetDeployError(f"--find-peak: nothing to search: {stopped}")
+        raise ResnetDeployError(
+            f"the peak search has nothing to search: {stopped}",
+            options=["find_peak"],
+        )
     result = best or last
     result.peak_search, result.peak_stopped = steps, stopped
     stop = f"; stopped early: {stopped}" if stopped else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 from resnet_deploy.environment import Environment
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.perf.bench_options import BenchOptions, check_options
+from resnet_deploy.perf.bench_options import BenchOptions, check_options, fields_set
 from resnet_deploy.runtime.memory import check_fits
 from resnet_deploy.serving.client import EndpointOptions, check_endpoint
 
@@ -145,75 +145,122 @@ class ScenarioResult:
     environment: Environment | None = None
 
 
+# The options that must be greater than 0 when given, and what each is
+POSITIVE = {
+    "target_qps": "the target QPS",
+    "latency_bound_ms": "the latency bound",
+    "min_duration_s": "the minimum duration",
+    "min_queries": "the minimum query count",
+    "samples": "the sample count",
+    "max_batch": "the largest batch",
+    "instances": "the instance count",
+}
+
+
 def check_scenario_options(options: ScenarioOptions) -> str:
     """Every cheap check before any work; returns LoadGen's name of the scenario."""
     scenario = SCENARIOS.get(options.scenario.strip().lower())
     if scenario is None:
-        raise InputError(f"unknown scenario {options.scenario!r}; use {', '.join(SCENARIOS)}")
+        raise InputError(
+            f"unknown scenario {options.scenario!r}; use {', '.join(SCENARIOS)}",
+            options=["scenario"],
+        )
     check_options(options.engine)
     engine = options.engine
-    latency_loop = (engine.batch_sizes, engine.warmup_runs, engine.warmup_s, engine.iterations)
-    if any(value is not None for value in latency_loop) or engine.duration_s is not None:
+    latency_loop = fields_set(
+        engine, "batch_sizes", "warmup_runs", "warmup_s", "iterations", "duration_s"
+    )
+    if latency_loop:
         raise InputError(
-            "--batch-sizes, --warmup, --warmup-s, --iterations and --duration belong to the "
-            "latency loop; with --scenario use --max-batch and --min-duration"
+            "batch sizes, warm-up, iterations and duration belong to the latency loop; a LoadGen "
+            "scenario takes a largest batch and a minimum duration",
+            options=latency_loop,
         )
     if engine.cuda_graph:
-        raise InputError("--cuda-graph needs one fixed shape; LoadGen's batches vary in size")
-    positive = {
-        "--target-qps": options.target_qps,
-        "--latency-bound-ms": options.latency_bound_ms,
-        "--min-duration": options.min_duration_s,
-        "--min-queries": options.min_queries,
-        "--samples": options.samples,
-        "--max-batch": options.max_batch,
-        "--instances": options.instances,
-    }
-    for flag, value in positive.items():
+        raise InputError(
+            "a CUDA graph needs one fixed shape; LoadGen's batches vary in size",
+            options=["cuda_graph"],
+        )
+    for name, concept in POSITIVE.items():
+        value = getattr(options, name)
         if value is not None and not value > 0:
-            raise InputError(f"{flag} must be greater than 0, got {value}")
+            raise InputError(f"{concept} must be greater than 0, got {value}", options=[name])
     if options.batch_timeout_ms is not None and not options.batch_timeout_ms >= 0:
-        raise InputError(f"--batch-timeout-ms cannot be negative, got {options.batch_timeout_ms}")
-    if options.official and any(
-        v is not None for v in (options.min_duration_s, options.min_queries)
-    ):
-        raise InputError("--official sets MLPerf's duration and query count; drop --min-*")
-    if options.official and options.latency_bound_ms is not None:
-        raise InputError("--official sets MLPerf's latency bound; drop --latency-bound-ms")
+        raise InputError(
+            f"the batch timeout cannot be negative, got {options.batch_timeout_ms}",
+            options=["batch_timeout_ms"],
+        )
+    if options.official:
+        _check_official(options)
     if options.find_peak:
         if scenario != "Server":
-            raise InputError("--find-peak searches Server's target QPS: use --scenario server")
+            raise InputError(
+                "the peak search looks for Server's highest target QPS: use the server scenario",
+                options=["find_peak", "scenario"],
+            )
         if options.accuracy:
-            raise InputError("--find-peak measures performance; run --accuracy separately")
+            raise InputError(
+                "the peak search measures performance; run the accuracy mode separately",
+                options=["find_peak", "accuracy"],
+            )
         if not 1 <= options.peak_steps <= 20:
-            raise InputError(f"--peak-steps must be 1 to 20, got {options.peak_steps}")
+            raise InputError(
+                f"the peak search takes 1 to 20 steps, got {options.peak_steps}",
+                options=["peak_steps"],
+            )
     if options.accuracy and options.images is None:
-        raise InputError("--accuracy needs a labelled image folder (--images DIR)")
+        raise InputError(
+            "the accuracy mode needs a labelled image folder", options=["accuracy", "images"]
+        )
     if options.labels is not None and options.images is None:
-        raise InputError("--labels labels the images of --images DIR; give that folder too")
+        raise InputError(
+            "a labels file labels the images of an image folder; give that folder too",
+            options=["labels", "images"],
+        )
     if options.images is not None and not Path(options.images).is_dir():
-        raise InputError(f"{options.images}: not a folder of images")
+        raise InputError(f"{options.images}: not a folder of images", options=["images"])
     if options.labels is not None and not Path(options.labels).is_file():
-        raise InputError(f"{options.labels}: labels file not found")
+        raise InputError(f"{options.labels}: labels file not found", options=["labels"])
     if options.endpoint is not None:
         check_endpoint(options.endpoint)
         if options.batch_timeout_ms is not None:
             raise InputError(
-                "--batch-timeout-ms is the in-process batcher's; a server batches itself"
+                "the batch timeout is the in-process batcher's; a server batches itself",
+                options=["batch_timeout_ms"],
             )
         if options.instances != 1:
-            raise InputError("--instances is the in-process SUT's; a server runs its own")
+            raise InputError(
+                "instances are the in-process system's; a server runs its own",
+                options=["instances"],
+            )
     if options.log_dir is not None:
-        log_dir = Path(options.log_dir)
-        if log_dir.exists() and not log_dir.is_dir():
-            raise InputError(f"{log_dir}: --log-dir must be a folder, it is a file")
-        if not log_dir.parent.is_dir():
-            raise InputError(f"{log_dir}: its parent folder does not exist")
-        earlier = [*log_dir.glob("mlperf_log_*"), *log_dir.glob("step-*")]
-        if earlier and not options.force:
-            raise InputError(f"{log_dir}: holds LoadGen logs already (pass --force to overwrite)")
+        _check_log_dir(Path(options.log_dir), options.force)
     _check_schedule_fits(scenario, options)
     return scenario
+
+
+def _check_official(options: ScenarioOptions) -> None:
+    """MLPerf's official settings fix the duration, query count and latency bound."""
+    fixed = fields_set(options, "min_duration_s", "min_queries", "latency_bound_ms")
+    if fixed:
+        raise InputError(
+            "MLPerf's official settings fix the duration, query count and latency bound; "
+            "leave them out",
+            options=["official", *fixed],
+        )
+
+
+def _check_log_dir(log_dir: Path, force: bool) -> None:
+    if log_dir.exists() and not log_dir.is_dir():
+        raise InputError(f"{log_dir}: LoadGen's log folder is a file", options=["log_dir"])
+    if not log_dir.parent.is_dir():
+        raise InputError(f"{log_dir}: its parent folder does not exist", options=["log_dir"])
+    earlier = [*log_dir.glob("mlperf_log_*"), *log_dir.glob("step-*")]
+    if earlier and not force:
+        raise InputError(
+            f"{log_dir}: holds LoadGen logs already (pass --force to overwrite)",
+            options=["log_dir"],
+        )
 
 
 def _check_schedule_fits(scenario: str, options: ScenarioOptions) -> None:
@@ -229,5 +276,6 @@ def _check_schedule_fits(scenario: str, options: ScenarioOptions) -> None:
         round(queries * LOADGEN_BYTES_PER_QUERY),
         f"LoadGen's schedule of {queries:.3g} queries ({options.target_qps:g}/s for "
         f"{duration_s:g} s)",
-        advice="lower --target-qps or --min-duration",
+        advice="lower the target QPS or the minimum duration",
+        options=fields_set(options, "target_qps", "min_duration_s"),
     )

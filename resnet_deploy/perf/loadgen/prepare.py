@@ -4,7 +4,6 @@ on them that the defaults and LoadGen's hints come from; every test of one call 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from resnet_deploy.runtime.names import CUDA, TENSORRT
 from resnet_deploy.runtime.providers import create_session, input_dtype, tensorrt_build_note
 from resnet_deploy.runtime.runners import OrtRunner
 from resnet_deploy.serving.client import EndpointOptions, connect
+from resnet_deploy.steps import Progress
 
 
 @dataclass
@@ -83,7 +83,7 @@ def prepare(
     model: ModelFile | None,
     scenario: str,
     options: ScenarioOptions,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> Prepared:
     """System, sample library and the timings the defaults and LoadGen's hints come from."""
     metadata = None if model is None else model.metadata
@@ -159,11 +159,15 @@ def _max_batch(
         max_batch = min(max_batch, limit) if options.max_batch is None else max_batch
     if fixed is not None and max_batch != fixed:
         raise InputError(
-            f"{where}: has a fixed batch of {fixed}; use --max-batch {fixed} "
-            "or export it again with --batch dynamic"
+            f"{where}: has a fixed batch of {fixed}; use a largest batch of {fixed}, "
+            "or export it again with a dynamic batch",
+            options=["max_batch"],
         )
     if limit is not None and max_batch > limit:
-        raise InputError(f"{where}: --max-batch {max_batch} is over its max_batch_size {limit}")
+        raise InputError(
+            f"{where}: the largest batch {max_batch} is over its max_batch_size {limit}",
+            options=["max_batch"],
+        )
     return max_batch
 
 
@@ -172,7 +176,7 @@ def _in_process(
     max_batch: int,
     options: ScenarioOptions,
     provider: str,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> _System:
     """The sessions LoadGen's queries run on, one per instance; TensorRT gets one profile for
     batches 1 to the largest, so no engine is rebuilt while LoadGen times."""
@@ -204,7 +208,7 @@ def _in_process(
 
 
 def _remote(
-    options: EndpointOptions, metadata: ModelMetadata | None, progress: Callable[[str], None]
+    options: EndpointOptions, metadata: ModelMetadata | None, progress: Progress
 ) -> _System:
     progress(f"reading the model's metadata from {options.url}")
     model = connect(options, default_name=metadata.arch if metadata else None)

@@ -42,7 +42,7 @@ def read_labels(images: list[Path], folder: Path, labels: Path | None, classes: 
         else:
             top = relative.parts[0] if len(relative.parts) > 1 else ""
             label = int(top) if top.isdigit() else None
-            where = f"{path}: not in a class-index subfolder (0/, 1/, ...) and no --labels given"
+            where = f"{path}: not in a class-index subfolder (0/, 1/, ...) and no labels file given"
         if label is None:
             raise InputError(f"accuracy needs a label for every image: {where}")
         if not 0 <= label < classes:
