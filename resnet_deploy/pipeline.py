@@ -27,8 +27,9 @@ from resnet_deploy.errors import InputError
 from resnet_deploy.files import check_output_folder, write_text_atomic
 from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.model.weights import RANDOM
-from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench, write_plot
-from resnet_deploy.perf.bench import summary as bench_summary
+from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench
+from resnet_deploy.perf.bench_output import summary as bench_summary
+from resnet_deploy.perf.bench_output import write_plot
 from resnet_deploy.report.page import PAGE_NAME, render_page
 from resnet_deploy.report.records import to_json, to_record, write_csv
 from resnet_deploy.steps import Progress, no_progress

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
-from resnet_deploy.perf.bench import BenchOptions, bench, summary
+from resnet_deploy.perf.bench import BenchOptions, bench
+from resnet_deploy.perf.bench_output import summary
 from resnet_deploy.perf.contention import (
     BUSY_SHARE,
     Contention,

@@ -176,7 +176,8 @@ def command(
       resnet-deploy bench --url grpc://127.0.0.1:8001 --concurrency 8
       resnet-deploy bench resnet50.onnx --url http://127.0.0.1:8000 --scenario server
     """
-    from resnet_deploy.perf.bench import BenchOptions, bench, summary, write_plot
+    from resnet_deploy.perf.bench import BenchOptions, bench
+    from resnet_deploy.perf.bench_output import summary, write_plot
     from resnet_deploy.report.records import write_csv
 
     endpoint = endpoint_options(model, options)

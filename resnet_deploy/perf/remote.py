@@ -22,14 +22,9 @@ from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError, ResnetDeployError
 from resnet_deploy.model.metadata import ModelMetadata
 from resnet_deploy.model.onnxfile import read_model
-from resnet_deploy.perf.bench import (
-    LATENCY_HEADERS,
-    BatchResult,
-    BenchReport,
-    bench,
-    latency_rows,
-)
+from resnet_deploy.perf.bench import BatchResult, BenchReport, bench
 from resnet_deploy.perf.bench_options import DEFAULT_BATCH_SIZES, BenchOptions, check_options
+from resnet_deploy.perf.bench_output import LATENCY_HEADERS, latency_rows
 from resnet_deploy.perf.timing import (
     CV_WARNING,
     DEFAULT_DURATION_S,
