@@ -9,7 +9,7 @@ in a folder of thousands should not cost the others their results.
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from resnet_deploy.runtime.providers import (
     input_dtype,
     resolve_provider,
 )
+from resnet_deploy.steps import Progress, no_progress
 
 DEFAULT_BATCH_SIZE = 8
 GLOB_CHARACTERS = frozenset("*?[")
@@ -66,7 +67,7 @@ def predict(
     model: ModelFile | Path,
     inputs: Sequence[str | Path],
     options: PredictOptions = PredictOptions(),
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = no_progress,
 ) -> PredictReport:
     """Classify every image that ``inputs`` (files, folders, glob patterns) names.
 
@@ -100,13 +101,16 @@ def predict(
         batch_size=batch_size,
         errors=errors,
     )
+    unlisted = len(report.errors)  # names that matched no image are not among the paths
+    progress("images", 0, len(paths))
     for group, batch in batches(paths, metadata, batch_size, report.errors):
-        progress(f"{len(report.predictions) + len(group)} images classified")
         padded = pad(batch, batch_size) if metadata.batch != "dynamic" else batch
         logits = session.run([metadata.output_name], {metadata.input_name: padded.astype(dtype)})
         rows = logits[0][: len(group)]  # the padding's rows are dropped
         for path, probabilities in zip(group, softmax(rows), strict=True):
             report.predictions.append(ImagePrediction(path, top_k(probabilities, options.top)))
+        done = len(report.predictions) + len(report.errors) - unlisted
+        progress("images", done, len(paths))
     return report
 
 

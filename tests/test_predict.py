@@ -97,6 +97,20 @@ def test_top_class_is_the_eager_model_argmax(
             assert score.probability == pytest.approx(expected[score.class_index], abs=1e-5)
 
 
+def test_progress_counts_every_listed_image_once(r18: Path, photos: Path) -> None:
+    counts = []
+    predict(
+        r18,
+        [photos, photos / "none-*.png"],
+        PredictOptions(batch_size=2),
+        progress=lambda step, done=None, total=None: counts.append((done, total)),
+    )
+    listed = len(GOOD) + len(BAD)  # the pattern matches no file: an error, not an image to count
+    counted = [c for c in counts if c[1] is not None]
+    assert counted[0] == (0, listed) and counted[-1] == (listed, listed)
+    assert [done for done, _ in counted] == sorted(done for done, _ in counted)
+
+
 def test_json_record_parses(r18: Path, photos: Path) -> None:
     result = invoke(r18, photos / GOOD[1], photos / BAD[1], "--top", 2, "--json")
     assert result.exit_code == 2

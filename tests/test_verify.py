@@ -41,8 +41,14 @@ def run_cli(*args: str):
 def test_correct_export_passes_at_every_batch_size_of_the_sweep(exported, monkeypatch) -> None:
     path = exported("resnet18").output
     reads = count_model_reads(monkeypatch)
-    report = verify(path, VerifyOptions(samples=2, localize=True))
+    counts = []
+    report = verify(
+        path,
+        VerifyOptions(samples=2, localize=True),
+        progress=lambda step, done=None, total=None: counts.append((step, done, total)),
+    )
     assert reads == [path]  # the sweep, the reference and the session share one read
+    assert [c for c in counts if c[0] == "shapes"] == [("shapes", i, 3) for i in range(4)]
     assert report.passed
     assert [(s.batch_size, s.image_size) for s in report.shapes] == [(1, 224), (2, 224), (7, 224)]
     assert "fixed at 224x224" in report.shape_note

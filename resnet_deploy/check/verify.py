@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +55,7 @@ from resnet_deploy.runtime.providers import (
     trt_profile,
     with_trt_profile,
 )
+from resnet_deploy.steps import Progress, no_progress
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class Reference:
 def verify(
     model: ModelFile | Path,
     options: VerifyOptions,
-    progress: Callable[[str], None] = lambda s: None,
+    progress: Progress = no_progress,
 ) -> VerifyReport:
     """Run the ONNX file and the eager model on the same inputs at every shape of the sweep.
 
@@ -193,7 +193,8 @@ def verify(
     eager64 = copy.deepcopy(eager32).double()
     with torch_tf32(options.allow_tf32) as tf32:
         report.torch_tf32 = tf32
-        for batch_size, image_size in shapes:
+        progress("shapes", 0, len(shapes))
+        for done, (batch_size, image_size) in enumerate(shapes, 1):
             batches = source.batches(batch_size, image_size)
             progress(f"batch {batch_size} at {image_size}x{image_size}: {len(batches)} run(s)")
             actual, expected, precise = [], [], []
@@ -204,6 +205,7 @@ def verify(
                 expected.append(run_eager(eager32, batch))
                 precise.append(run_eager(eager64, batch.astype(np.float64)))
             report.shapes.append(judge_shape(batches, actual, expected, precise, tolerance))
+            progress("shapes", done, len(shapes))
         report.passed = all(shape.passed for shape in report.shapes)
         if options.localize:
             failing = [i for i, s in enumerate(report.shapes) if not s.passed]

@@ -73,6 +73,7 @@ from resnet_deploy.serving.process import (
     remove_shared_memory,
     tritonserver_files,
 )
+from resnet_deploy.steps import Progress, no_progress
 
 IMAGE_SUFFIX = "_image"
 DEFAULT_MAX_QUEUE_SIZE = 128
@@ -241,7 +242,7 @@ class ModelServer:
 
     def start(
         self,
-        progress: Callable[[str], None] = lambda step: None,
+        progress: Progress = no_progress,
         cancel: threading.Event | None = None,
     ) -> Endpoints:
         """Start and wait for readiness; ``cancel`` set meanwhile stops it (KeyboardInterrupt)."""
@@ -346,7 +347,7 @@ class ModelServer:
         assert self._folder is not None
         return self._folder / "tritonserver.log"
 
-    def _wait_until_ready(self, progress: Callable[[str], None], cancel: threading.Event) -> None:
+    def _wait_until_ready(self, progress: Progress, cancel: threading.Event) -> None:
         """Until every model answers ready; a dead tritonserver ends the wait with its cause."""
         assert self._process is not None
         deadline = time.monotonic() + self.options.startup_timeout_s
@@ -411,7 +412,7 @@ class ModelServer:
 def serve(
     model: ModelFile | Path,
     options: ServeOptions = ServeOptions(),
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = no_progress,
     on_ready: Callable[[Endpoints, float], None] = lambda endpoints, startup_s: None,
 ) -> ServeResult:
     """Serve until SIGINT or SIGTERM (either drains), or until the server stops on its own."""
