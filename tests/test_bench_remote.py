@@ -195,6 +195,7 @@ def test_only_model_needs_exactly_one_tensor_model(names: list[str], found: str 
     if found is not None:
         assert _only_model(ListingClient(names), options) == found
         return
-    with pytest.raises(InputError, match="name one with --model-name") as raised:
+    with pytest.raises(InputError, match="name the model to use") as raised:
         _only_model(ListingClient(names), options)
     assert ("does not list its models" in str(raised.value)) == (not names)
+    assert raised.value.options == ("model_name",)

@@ -218,11 +218,11 @@ def test_invalid_config_text_is_caught(text: str, problem: str) -> None:
 @pytest.mark.parametrize(
     ("options", "problem"),
     [
-        ({"fp16": True}, "pass --tensorrt"),
+        ({"fp16": True}, "it needs TensorRT"),
         ({"tensorrt": True, "kind": "cpu"}, "needs GPU instances"),
         ({"name": "../evil"}, "model name"),
-        ({"version": 0}, "--version"),
-        ({"preferred_batch_sizes": (8, 64)}, "exceeds --max-batch-size 32"),
+        ({"version": 0}, "the model version must be at least 1"),
+        ({"preferred_batch_sizes": (8, 64)}, "exceeds the max batch size 32"),
     ],
 )
 def test_bad_options_refused_before_writing(tmp_path: Path, options: dict, problem: str) -> None:

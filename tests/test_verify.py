@@ -239,7 +239,7 @@ def test_files_made_elsewhere_are_matched_by_topology_or_flags(exported, tmp_pat
         del proto.metadata_props[:]
 
     path = tampered(exported("resnet18").output, tmp_path, strip_metadata)
-    with pytest.raises(InputError, match="no resnet-deploy metadata: pass --arch"):
+    with pytest.raises(InputError, match="no resnet-deploy metadata: name the architecture"):
         verify(path, VerifyOptions(**FAST))
     report = verify(path, VerifyOptions(**FAST, arch="resnet18"))
     assert report.passed and report.reference == "flags"
@@ -268,7 +268,7 @@ def test_int8_files_are_judged_by_their_own_policy_and_not_localized(
     report = verify(path, VerifyOptions(**FAST))
     assert report.passed and report.tolerance.precision == "int8"
     assert not report.tolerance.elementwise
-    with pytest.raises(InputError, match="--localize compares fp32 and fp16 files"):
+    with pytest.raises(InputError, match="localizing compares fp32 and fp16 files"):
         verify(path, VerifyOptions(**FAST, localize=True))
 
 

@@ -167,8 +167,9 @@ def verify(
     )
     if options.localize and tolerance.layer_rel_error is None:
         raise InputError(
-            f"--localize compares fp32 and fp16 files layer by layer; {model_path} is "
-            f"{reference.precision}, whose values do not line up with the eager modules"
+            f"localizing compares fp32 and fp16 files layer by layer; {model_path} is "
+            f"{reference.precision}, whose values do not line up with the eager modules",
+            options=["localize"],
         )
     used = provider_options_used(session)
     report = VerifyReport(
@@ -283,8 +284,9 @@ def build_reference(
         )
     if options.arch is None:
         raise InputError(
-            f"{path} has no resnet-deploy metadata: pass --arch (and --variant, --weights) "
-            "to say which eager model it was exported from"
+            f"{path} has no resnet-deploy metadata: name the architecture (and the variant "
+            "and weights) of the eager model it was exported from",
+            options=["arch", "variant", "weights"],
         )
     return Reference(
         built=build_model(

@@ -283,7 +283,7 @@ def _only_model(client: Any, options: EndpointOptions) -> str:
     if len(tensor_models) == 1:
         return tensor_models[0]
     listed = f"serves {', '.join(served)}" if served else "does not list its models"
-    raise InputError(f"{options.url} {listed}: name one with --model-name")
+    raise InputError(f"{options.url} {listed}: name the model to use", options=["model_name"])
 
 
 def _call(client: Any, options: EndpointOptions, method: str, *args: Any) -> Any:

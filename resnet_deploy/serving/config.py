@@ -136,7 +136,8 @@ def resolve_batching(
         raise InputError("preferred batch sizes need a max batch size above 0")
     if preferred and preferred[-1] > max_batch:
         raise InputError(
-            f"preferred batch size {preferred[-1]} exceeds --max-batch-size {max_batch}"
+            f"preferred batch size {preferred[-1]} exceeds the max batch size {max_batch}",
+            options=["preferred_batch_sizes", "max_batch_size"],
         )
     return max_batch, preferred
 

@@ -44,18 +44,18 @@ class Listen:
 
     @property
     def ports(self) -> dict[str, int]:
-        """Each port by the option that sets it, as errors name it."""
+        """Each port by the option field that sets it, as errors name it."""
         return {
-            "--http-port": self.http_port,
-            "--grpc-port": self.grpc_port,
-            "--metrics-port": self.metrics_port,
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+            "metrics_port": self.metrics_port,
         }
 
 
 def check_ports_free(listen: Listen) -> None:
     """Refuse a port already taken now, naming it, rather than after tritonserver fails."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    for flag, port in listen.ports.items():
+    for option, port in listen.ports.items():
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton binds
             try:
@@ -63,7 +63,7 @@ def check_ports_free(listen: Listen) -> None:
             except OSError as exc:
                 if exc.errno == 98:  # EADDRINUSE
                     raise InputError(
-                        f"port {port} on {listen.host} is in use ({flag}); pick another"
+                        f"port {port} on {listen.host} is in use; pick another", options=[option]
                     ) from None
                 raise InputError(f"cannot listen on {listen.host}:{port}: {exc.strerror}") from None
 

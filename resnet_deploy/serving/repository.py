@@ -71,7 +71,9 @@ def check_options(options: TritonOptions) -> None:
     if options.name is not None:
         check_name(options.name)
     if options.version < 1:
-        raise InputError(f"--version must be at least 1, got {options.version}")
+        raise InputError(
+            f"the model version must be at least 1, got {options.version}", options=["version"]
+        )
     if options.max_batch_size is not None and options.max_batch_size < 0:
         raise InputError(f"max batch size must be 0 or more, got {options.max_batch_size}")
     if any(size < 1 for size in options.preferred_batch_sizes or ()):
@@ -87,7 +89,9 @@ def check_options(options: TritonOptions) -> None:
     if options.kind not in KINDS:
         raise InputError(f"unknown instance kind {options.kind!r}; choose gpu or cpu")
     if options.fp16 and not options.tensorrt:
-        raise InputError("--fp16 applies to TensorRT's engine: pass --tensorrt with it")
+        raise InputError(
+            "fp16 applies to TensorRT's engine: it needs TensorRT", options=["fp16", "tensorrt"]
+        )
     if options.tensorrt and options.kind != "gpu":
         raise InputError("TensorRT needs GPU instances, not CPU ones")
     repo = Path(options.repo)

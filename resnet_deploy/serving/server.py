@@ -138,11 +138,13 @@ class ServeResult:
 def check_options(options: ServeOptions) -> None:
     """Every check that needs no model and no server."""
     ports = options.listen.ports
-    for flag, port in ports.items():
+    for option, port in ports.items():
         if not 1 <= port <= 65535:
-            raise InputError(f"{flag} must be between 1 and 65535, got {port}")
+            raise InputError(f"ports must be between 1 and 65535, got {port}", options=[option])
     if len(set(ports.values())) != len(ports):
-        raise InputError(f"the HTTP, gRPC and metrics ports must differ, got {ports}")
+        raise InputError(
+            f"the HTTP, gRPC and metrics ports must differ, got {ports}", options=list(ports)
+        )
     if options.max_batch_size is not None and options.max_batch_size < 0:
         raise InputError(f"max batch size must be 0 or more, got {options.max_batch_size}")
     if options.max_queue_delay_us < 0:
@@ -150,15 +152,22 @@ def check_options(options: ServeOptions) -> None:
             f"max queue delay must be 0 or more microseconds, got {options.max_queue_delay_us}"
         )
     if options.max_queue_size < 0:
-        raise InputError(f"--max-queue-size must be 0 or more, got {options.max_queue_size}")
+        raise InputError(
+            f"the queue bound must be 0 or more requests, got {options.max_queue_size}",
+            options=["max_queue_size"],
+        )
     if options.instances < 1:
-        raise InputError(f"--instances must be at least 1, got {options.instances}")
+        raise InputError(
+            f"instances must be at least 1, got {options.instances}", options=["instances"]
+        )
     if options.threads < 0:
         raise InputError(f"threads per session must be 0 or more, got {options.threads}")
     if options.drain_timeout_s < 1:
         raise InputError(f"drain timeout must be at least 1 s, got {options.drain_timeout_s}")
     if not 1 <= options.top_k <= len(imagenet_classes()):
-        raise InputError(f"--top must be between 1 and {len(imagenet_classes())}")
+        raise InputError(
+            f"top-k must be between 1 and {len(imagenet_classes())} classes", options=["top_k"]
+        )
     resolve_provider(options.provider)
 
 
