@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from resnet_deploy.model import onnxfile
-from resnet_deploy.serving.process import shared_memory_segments
+from resnet_deploy.serving.process import shared_memory_segments, shm_prefix
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # two cores shared with other work: loading can take a while
@@ -168,14 +168,27 @@ def stop_server(
     return server.process.returncode
 
 
+def stubs_of(pid: int) -> list[int]:
+    """Python-backend stubs started for the server of ``pid``, wherever they were re-parented:
+    each names its shared-memory region, which carries that pid, on its command line."""
+    prefix = shm_prefix(pid)
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(prefix in part for part in process.info["cmdline"] or ()) and running(process.pid):
+            found.append(process.pid)
+    return found
+
+
 def leftovers(server: ServedProcess, wait_s: float = 30.0) -> tuple[list[int], list[Path]]:
-    """Child processes still alive and shared-memory segments still present after a stop.
+    """Child processes (the ones recorded, and any stub of this server, orphaned or not) still
+    alive and shared-memory segments still present after a stop.
 
     Waits up to ``wait_s`` for them to go: a stub may take a moment after tritonserver exits.
     """
     deadline = time.monotonic() + wait_s
     while True:
-        alive = [pid for pid in server.children if running(pid)]
+        recorded = [pid for pid in server.children if running(pid)]
+        alive = sorted(set(recorded) | set(stubs_of(server.pid)))
         own = set(shared_memory_segments(server.pid))
         segments = sorted(p for p in server.shm | own if p.exists())
         if (not alive and not segments) or time.monotonic() > deadline:

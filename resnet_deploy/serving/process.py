@@ -21,6 +21,7 @@ import sys
 import sysconfig
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,9 @@ def launch_tritonserver(
     """tritonserver on ``repository``, with a backend folder holding the stub for this Python.
 
     Triton looks for the stub beside the backend's library, so the two are linked into one
-    folder of our own. The child gets SIGTERM if this process dies without stopping it.
+    folder of our own. The child gets SIGTERM if this process dies without stopping it, and
+    leads a process group of its own, which its stubs join: ``end_process_group`` can then
+    remove stubs that tritonserver left behind.
     """
     backends = folder / "backends" / "python"
     backends.mkdir(parents=True)
@@ -160,8 +163,19 @@ def launch_tritonserver(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
         preexec_fn=_terminate_with_parent,
     )
+
+
+def end_process_group(process: subprocess.Popen) -> None:
+    """Kill what is left of tritonserver's process group once tritonserver has exited.
+
+    Stopped while it loads its models, tritonserver exits without stopping the stubs it has
+    started; they are left to init, holding memory and ports' worth of threads, for good.
+    """
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _terminate_with_parent() -> None:

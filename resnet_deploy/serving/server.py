@@ -67,6 +67,7 @@ from resnet_deploy.serving.process import (
     ServeError,
     backend_stub_source,
     check_ports_free,
+    end_process_group,
     launch_tritonserver,
     log_cause,
     model_ready,
@@ -397,7 +398,7 @@ class ModelServer:
 
         SIGINT to tritonserver: it stops taking requests, finishes those in flight (for at
         most its exit timeout), unloads the models, whose stubs remove their shared memory,
-        and exits. Only a server that outlives that is killed.
+        and exits. Only a server that outlives that is killed, and then any stub it left.
         """
         if self._process is not None:
             process, self._process = self._process, None
@@ -408,6 +409,7 @@ class ModelServer:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            end_process_group(process)
         remove_shared_memory(os.getpid())
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
