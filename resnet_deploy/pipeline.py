@@ -32,7 +32,7 @@ from resnet_deploy.perf.bench_output import summary as bench_summary
 from resnet_deploy.perf.bench_output import write_plot
 from resnet_deploy.report.page import PAGE_NAME, render_page
 from resnet_deploy.report.records import to_json, to_record, write_csv
-from resnet_deploy.steps import Progress, no_progress
+from resnet_deploy.steps import Progress, no_progress, prefixed
 
 DEFAULT_FOLDER = Path("resnet-deploy-run")
 
@@ -86,13 +86,13 @@ def run_pipeline(options: RunOptions, progress: Progress = no_progress) -> RunRe
             seed=options.seed,
             image_size=options.image_size,
         ),
-        progress=lambda step, *count: progress(f"export: {step}", *count),
+        progress=prefixed(progress, "export"),
     )
-    exported_file = read_model(model)  # once: verify and the records share it
+    exported_file = read_model(model)  # once: verify, bench and the records share it
     checked = verify(
         exported_file,
         VerifyOptions(provider=options.provider, localize=True),
-        progress=lambda step, *count: progress(f"verify: {step}", *count),
+        progress=prefixed(progress, "verify"),
     )
     report = RunReport(
         folder=folder,
@@ -110,9 +110,7 @@ def run_pipeline(options: RunOptions, progress: Progress = no_progress) -> RunRe
             duration_s=options.duration_s,
             baseline=options.baseline,
         )
-        report.bench = bench(
-            model, timing, progress=lambda step, *count: progress(f"bench: {step}", *count)
-        )
+        report.bench = bench(exported_file, timing, progress=prefixed(progress, "bench"))
         write_csv(report.bench.batches, folder / "bench.csv")
         write_plot(report.bench, folder / "bench.png")
         report.artifacts += [folder / "bench.csv", folder / "bench.png"]
@@ -135,7 +133,7 @@ def run_int8(report: RunReport, timing: BenchOptions, progress: Progress) -> Non
         report.optimize = optimize_model(
             source,
             OptimizeOptions(precision="int8", output=report.folder / "model.int8.onnx"),
-            progress=lambda step, *count: progress(f"optimize: {step}", *count),
+            progress=prefixed(progress, "optimize"),
         )
     except GuardFailed as failed:
         report.optimize = failed.result
@@ -144,7 +142,7 @@ def run_int8(report: RunReport, timing: BenchOptions, progress: Progress) -> Non
     report.int8_bench = bench(
         quantized,
         replace(timing, baseline="none"),
-        progress=lambda step, *count: progress(f"bench int8: {step}", *count),
+        progress=prefixed(progress, "bench int8"),
     )
     write_csv(report.int8_bench.batches, report.folder / "bench.int8.csv")
     report.artifacts += [quantized, report.folder / "bench.int8.csv"]

@@ -82,9 +82,7 @@ def predict(
         raise InputError(f"no images found ({causes})" if causes else "no images given")
     if not isinstance(model, ModelFile):
         model = read_model(Path(model), require_metadata=True)
-    model_path, metadata = model.path, model.metadata
-    if metadata is None:
-        raise InputError(f"{model_path}: has no resnet-deploy metadata (was it made by `export`?)")
+    model_path, metadata = model.path, model.required_metadata()
     batch_size = choose_batch_size(options, metadata, model_path)
     check_fits(
         input_bytes(batch_size, metadata.image_size)

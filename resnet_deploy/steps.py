@@ -22,6 +22,15 @@ def no_progress(step: str, done: int | None = None, total: int | None = None) ->
     """The default callback of every library function: report nothing."""
 
 
+def prefixed(progress: Progress, stage: str) -> Progress:
+    """``progress`` with each step named after the stage it belongs to (``verify: ...``)."""
+
+    def report(step: str, done: int | None = None, total: int | None = None) -> None:
+        progress(f"{stage}: {step}", done, total)
+
+    return report
+
+
 class Steps:
     """``with steps("name"): ...`` announces the step and records its seconds in ``seconds``."""
 

@@ -38,7 +38,7 @@ from resnet_deploy.model.metadata import ModelMetadata, write_metadata
 from resnet_deploy.model.onnxfile import load_with_metadata
 from resnet_deploy.runtime.int8target import DEFAULT_TARGET, SCHEMES, TARGETS, machine_note
 from resnet_deploy.runtime.names import CPU
-from resnet_deploy.steps import Progress, Steps, no_progress
+from resnet_deploy.steps import Progress, Steps, no_progress, prefixed
 
 PRECISIONS = ("fp16", "int8")
 METHODS = ("minmax", "entropy", "percentile")
@@ -167,10 +167,7 @@ def run_guard(path: Path, options: OptimizeOptions, progress: Progress) -> Verif
     (seed 0) never meet the calibration inputs (CALIBRATION_SEED, or the user's images).
     fp16 is verified on CUDA when CUDA starts, else on the CPU (weights only)."""
     checks = VerifyOptions(samples=options.guard_samples)
-
-    def guard_progress(step: str, done: int | None = None, total: int | None = None) -> None:
-        progress(f"guard: {step}", done, total)
-
+    guard_progress = prefixed(progress, "guard")
     if options.precision == "fp16":
         try:
             return verify(path, replace(checks, provider="cuda"), progress=guard_progress)

@@ -41,10 +41,14 @@ def load_onnx(path: Path) -> onnx.ModelProto:
 def load_with_metadata(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
     """An ONNX file exported by resnet-deploy, with its metadata record."""
     model = load_onnx(path)
-    metadata = read_metadata(model, path)
+    return model, _exported(read_metadata(model, path), path)
+
+
+def _exported(metadata: ModelMetadata | None, path: Path) -> ModelMetadata:
+    """The record ``export`` wrote; a file without one is refused where a command needs it."""
     if metadata is None:
         raise InputError(f"{path}: has no resnet-deploy metadata (was it made by `export`?)")
-    return model, metadata
+    return metadata
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,16 @@ class ModelFile:
     def name(self) -> str:
         return self.path.name
 
+    def required_metadata(self) -> ModelMetadata:
+        return _exported(self.metadata, self.path)
+
 
 def read_model(path: Path, *, require_metadata: bool = False) -> ModelFile:
     """Read ``path`` once: its graph (external data checked), metadata and sha256."""
     proto = load_onnx(path)
     metadata = read_metadata(proto, path)
-    if require_metadata and metadata is None:
-        raise InputError(f"{path}: has no resnet-deploy metadata (was it made by `export`?)")
+    if require_metadata:
+        _exported(metadata, path)
     return ModelFile(Path(path), proto, metadata, sha256_of(Path(path)))
 
 

@@ -155,9 +155,7 @@ def bench(
     provider = check_options(options)
     if not isinstance(model, ModelFile):
         model = read_model(model, require_metadata=True)
-    model_path, metadata = model.path, model.metadata
-    if metadata is None:
-        raise InputError(f"{model_path}: has no resnet-deploy metadata (was it made by `export`?)")
+    model_path, metadata = model.path, model.required_metadata()
     batch_sizes = _batch_sizes(options.batch_sizes, metadata, model_path)
     largest = max(batch_sizes)
     eager_bytes = activation_bytes(metadata.arch, largest, metadata.image_size)
