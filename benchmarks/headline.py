@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from record import write_record
+from record import log, write_record
 
 from resnet_deploy.check.verify import VerifyOptions, VerifyReport, verify
 from resnet_deploy.convert.export import ExportOptions, export_model
@@ -63,11 +62,6 @@ class Row:
 class Measured:
     bench: BenchReport
     check: VerifyReport
-
-
-def log(step: str, done: int | None = None, total: int | None = None) -> None:
-    if not done:  # a counted step once, at its start
-        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def measure(

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-from record import write_record
+from record import log, write_record
 
 from resnet_deploy.convert.export import ExportOptions, export_model
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
@@ -48,11 +47,6 @@ class Timing:
     openvino_images_per_s: list[float] = field(default_factory=list)
     busy_rounds: int = 0  # rounds timed while other processes were busy
     min_cosine: float | None = None
-
-
-def log(step: str, done: int | None = None, total: int | None = None) -> None:
-    if not done:  # a counted step once, at its start
-        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def kernel_sizes(model: Path) -> dict[str, int]:

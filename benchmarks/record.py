@@ -15,6 +15,12 @@ from resnet_deploy.files import write_text_atomic
 from resnet_deploy.report.records import to_json
 
 
+def log(step: str, done: int | None = None, total: int | None = None) -> None:
+    """The benchmarks' progress callback: each step on stderr, a counted one once, at its start."""
+    if not done:
+        print(f"... {step}", file=sys.stderr, flush=True)
+
+
 def write_record(stem: Path, text: str, record: Any) -> None:
     print(text)
     stem.parent.mkdir(parents=True, exist_ok=True)

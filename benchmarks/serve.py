@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from record import write_record
+from record import log, write_record
 
 from resnet_deploy.convert.export import ExportOptions, export_model
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
@@ -96,11 +96,6 @@ class Results:
     served: list[Served] = field(default_factory=list)
     servers: list[ServerFacts] = field(default_factory=list)
     benches: list[BenchReport] = field(default_factory=list)
-
-
-def log(step: str, done: int | None = None, total: int | None = None) -> None:
-    if not done:  # a counted step once, at its start
-        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def in_process(model: Path, precision: str, warmup_s: float, duration_s: float) -> BenchReport:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from record import write_record
+from record import log, write_record
 
 from resnet_deploy.convert.export import ExportOptions, export_model
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
@@ -28,11 +27,6 @@ from resnet_deploy.environment import describe_environment
 from resnet_deploy.perf.tune import TuneOptions, TuneReport, format_report, tune
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def log(step: str, done: int | None = None, total: int | None = None) -> None:
-    if not done:  # a counted step once, at its start
-        print(f"... {step}", file=sys.stderr, flush=True)
 
 
 def line(name: str, report: TuneReport) -> str:
