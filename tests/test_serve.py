@@ -477,7 +477,7 @@ def test_libpython_dir_goes_first_only_for_tritonserver(monkeypatch):
 
     monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
     files = tritonserver_files()
-    folders = tritonserver_environment(files)["LD_LIBRARY_PATH"].split(":")
+    folders = tritonserver_environment(files, Path("/stub/bin"))["LD_LIBRARY_PATH"].split(":")
     if sysconfig.get_config_var("Py_ENABLE_SHARED"):
         assert folders[0] == sysconfig.get_config_var("LIBDIR")
     assert str(files.libraries) in folders and folders[-1] == "/somewhere"

@@ -10,13 +10,23 @@ Everything the instance needs comes from its config's ``parameters``: the ONNX f
 settings, and ``kind``: ``tensor`` (the model's own tensors) or ``image`` (encoded image bytes
 in, top-k classes out, one ``error`` string a row so that one client's bad file does not fail
 the others batched with it). The stub imports this module, so it stays free of torch.
+
+Two checks guard against answers that look served but are not the model's. ``initialize``
+refuses to load an instance whose Python, numpy, onnxruntime or resnet_deploy is not the one
+`serve` runs (``imported_packages``, handed over in ``packages``): a stub that imported another
+numpy once answered every request with empty tensors. And every output is checked against the
+shape, data type and byte size its config declares before the response leaves the instance.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
+import math
+import platform
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,30 @@ from resnet_deploy.runtime.providers import SessionConfig, create_session, input
 
 IMAGE_INPUT = "image"
 IMAGE_OUTPUTS = ("classes", "class_indices", "probabilities", "error")
+CHECKED_PACKAGES = ("numpy", "onnxruntime", "resnet_deploy")
+
+
+class BackendError(RuntimeError):
+    """The instance cannot answer correctly; Triton fails the load or the request with it."""
+
+
+def imported_packages() -> dict[str, str]:
+    """Python and the packages the model runs on, each as a version and the folder it came from."""
+    found = {"python": f"{platform.python_version()} ({sys.base_prefix})"}
+    for name in CHECKED_PACKAGES:
+        module = importlib.import_module(name)
+        found[name] = f"{module.__version__} from {Path(module.__file__).parent}"
+    return found
+
+
+def package_mismatch(expected: dict[str, str], found: dict[str, str]) -> str | None:
+    """What differs between the serving process's packages and this instance's, in one line."""
+    differ = [
+        f"{name} {found.get(name, 'missing')} where serve runs {want}"
+        for name, want in expected.items()
+        if found.get(name) != want
+    ]
+    return "; ".join(differ) or None
 
 
 class TritonPythonModel:
@@ -40,6 +74,11 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.name = config["name"]
+        mismatch = package_mismatch(json.loads(parameters["packages"]), imported_packages())
+        if mismatch:
+            raise BackendError(f"model {self.name}: this instance imported {mismatch}")
+        self.declared = {o["name"]: declared_output(o, config) for o in config["output"]}
         model = read_model(Path(parameters["model_path"]))  # once: the session and metadata
         # the SessionConfig `serve` built, so the stub's session is the one it checked
         session_config = SessionConfig(**json.loads(parameters["session"]))
@@ -64,8 +103,22 @@ class TritonPythonModel:
                 return self._classify(requests, pb_utils)
             return self._run_tensors(requests, pb_utils)
         except Exception as exc:  # a failed batch fails its requests, never the instance
-            error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            message = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, BackendError):
+                pb_utils.Logger.log_error(message)
+            error = pb_utils.TritonError(message)
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
+
+    def _response(self, pb_utils: Any, arrays: dict[str, np.ndarray]) -> Any:
+        """The outputs as Triton tensors, each checked against what the config declares."""
+        tensors = []
+        for name, array in arrays.items():
+            tensor = pb_utils.Tensor(name, np.ascontiguousarray(array))
+            problem = self.declared[name].problem(tuple(tensor.shape()), tensor.as_numpy())
+            if problem:
+                raise BackendError(f"model {self.name} output {name}: {problem}")
+            tensors.append(tensor)
+        return pb_utils.InferenceResponse(tensors)
 
     def _run_tensors(self, requests: list[Any], pb_utils: Any) -> list[Any]:
         """All requests as one ONNX Runtime run (each may hold several rows), split back."""
@@ -80,15 +133,7 @@ class TritonPythonModel:
             joined = {n: np.concatenate([feed[n] for feed in feeds]) for n in names}
             ran = self.session.run(outputs, joined)
             results = list(zip(*(np.split(array, rows) for array in ran), strict=True))
-        return [
-            pb_utils.InferenceResponse(
-                [
-                    pb_utils.Tensor(n, np.ascontiguousarray(a))
-                    for n, a in zip(outputs, r, strict=True)
-                ]
-            )
-            for r in results
-        ]
+        return [self._response(pb_utils, dict(zip(outputs, r, strict=True))) for r in results]
 
     def _classify(self, requests: list[Any], pb_utils: Any) -> list[Any]:
         """Every row of every request decoded on its own; the good ones run together."""
@@ -117,12 +162,61 @@ class TritonPythonModel:
         responses, start = [], 0
         for payload in payloads:
             end = start + payload.size
-            tensors = zip(IMAGE_OUTPUTS, (classes, indices, probabilities, errors), strict=True)
-            responses.append(
-                pb_utils.InferenceResponse([pb_utils.Tensor(n, a[start:end]) for n, a in tensors])
-            )
+            arrays = zip(IMAGE_OUTPUTS, (classes, indices, probabilities, errors), strict=True)
+            responses.append(self._response(pb_utils, {n: a[start:end] for n, a in arrays}))
             start = end
         return responses
+
+
+# numpy's type for each of Triton's data types, as the config names them
+NUMPY_TYPES = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
+
+class DeclaredOutput:
+    """An output as the config declares it: its data type and dims, with the batch if any."""
+
+    def __init__(self, data_type: str, dims: tuple[int, ...]):
+        self.data_type = data_type
+        self.dtype = np.dtype(NUMPY_TYPES[data_type])
+        self.dims = dims  # -1: any size; with batching, the batch dimension leads as -1
+
+    def problem(self, shape: tuple[int, ...], held: np.ndarray) -> str | None:
+        """Why a tensor of ``shape`` holding ``held`` is not this output, or None."""
+        fits = len(shape) == len(self.dims) and all(
+            want in (-1, got) for want, got in zip(self.dims, shape, strict=True)
+        )
+        if not fits:
+            return f"shape {list(shape)} where the config declares {list(self.dims)}"
+        if held.dtype != self.dtype:
+            return f"data type {held.dtype} where the config declares {self.data_type}"
+        if held.shape != shape:
+            return f"{list(held.shape)} values held for shape {list(shape)}"
+        if self.dtype != np.object_ and held.nbytes != math.prod(shape) * self.dtype.itemsize:
+            needed = math.prod(shape) * self.dtype.itemsize
+            return f"{held.nbytes} bytes where shape {list(shape)} of {self.dtype} needs {needed}"
+        return None
+
+
+def declared_output(output: dict[str, Any], config: dict[str, Any]) -> DeclaredOutput:
+    """An output of the model config Triton hands ``initialize`` (its JSON form)."""
+    dims = tuple(int(d) for d in output["dims"])
+    if config.get("max_batch_size", 0) > 0:
+        dims = (-1, *dims)
+    return DeclaredOutput(output["data_type"], dims)
 
 
 def decode_image(data: bytes, metadata: ModelMetadata) -> np.ndarray:

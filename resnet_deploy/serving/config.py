@@ -10,6 +10,10 @@ gets ``max_batch_size`` (32 by default), ``dims`` without the batch dimension an
 batcher. A model exported with a fixed batch gets ``max_batch_size: 0`` and its full shape:
 Triton's ONNX Runtime backend refuses a batching config unless the model's first dimension is
 dynamic, so there is nothing to batch.
+
+An image input declares its layout (``format``), as Triton's own ONNX image examples do: its
+example clients (``image_client.py``) read it to know how to lay out the pixels they send, and
+refuse a model whose input says ``FORMAT_NONE``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ TRT_WORKSPACE_BYTES = 1 << 30  # the backend's documented default, written out t
 # Where the server keeps TensorRT engines, per model name, so a reload or a new instance loads
 # the engine instead of building it again (minutes); a path on the server's file system.
 TRT_CACHE_ROOT = "/tmp/resnet-deploy-trt"
+IMAGE_CHANNELS = 3  # RGB: what our exports take, and what the format rule looks for
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _ONNX_TO_TRITON = {
     "BOOL": "TYPE_BOOL",
@@ -147,6 +152,23 @@ def labelled_outputs(outputs: list[TensorSpec]) -> set[str]:
     return {o.name for o in outputs if o.shape and o.shape[-1] == len(imagenet_classes())}
 
 
+def input_format(dims: tuple[int, ...]) -> int:
+    """The ``format`` for an input of these config ``dims`` (no batch dimension).
+
+    ``FORMAT_NCHW`` for ``[3, H, W]``, ``FORMAT_NHWC`` for ``[H, W, 3]``; anything else, an
+    ambiguous ``[3, H, 3]`` included, is ``FORMAT_NONE``: Triton allows a format only on three
+    dims, and a wrong layout would make clients send transposed pixels.
+    """
+    if len(dims) != 3:
+        return mc.ModelInput.FORMAT_NONE
+    first, last = dims[0] == IMAGE_CHANNELS, dims[-1] == IMAGE_CHANNELS
+    if first and not last:
+        return mc.ModelInput.FORMAT_NCHW
+    if last and not first:
+        return mc.ModelInput.FORMAT_NHWC
+    return mc.ModelInput.FORMAT_NONE
+
+
 def build_config(
     name: str,
     inputs: list[TensorSpec],
@@ -161,7 +183,10 @@ def build_config(
     config.version_policy.latest.num_versions = 1  # Triton's default, written out
     skip = 1 if max_batch_size > 0 else 0  # Triton's dims leave out the batch dimension
     for spec in inputs:
-        config.input.add(name=spec.name, data_type=spec.data_type, dims=spec.shape[skip:])
+        dims = spec.shape[skip:]
+        config.input.add(
+            name=spec.name, data_type=spec.data_type, dims=dims, format=input_format(dims)
+        )
     for spec in outputs:
         label = LABELS_FILE if spec.name in labelled else ""
         config.output.add(
@@ -217,6 +242,9 @@ def check_config(config: mc.ModelConfig) -> None:
             problems.append(f"tensor {io.name!r} needs a name, a data_type and dims")
         if any(d < 1 and d != -1 for d in io.dims):
             problems.append(f"tensor {io.name!r}: dims must be >= 1, or -1 for a variable size")
+    for io in config.input:
+        if io.format != mc.ModelInput.FORMAT_NONE and len(io.dims) != 3:
+            problems.append(f"input {io.name!r}: FORMAT_NCHW and FORMAT_NHWC need three dims")
     for size in config.dynamic_batching.preferred_batch_size:
         if not 1 <= size <= config.max_batch_size:
             problems.append(f"preferred batch size {size} is not in 1..max_batch_size")

@@ -102,22 +102,62 @@ def tritonserver_files() -> TritonFiles:
     return files
 
 
-def backend_stub_source() -> str:
-    """The repository's model.py: this interpreter's packages, then the shared model class.
+# The repository's model.py: the stub has this process's packages before it runs it (see below).
+BACKEND_STUB_SOURCE = (
+    "# Written by resnet-deploy serve: Triton's Python backend runs this file.\n"
+    "from resnet_deploy.serving.backend import TritonPythonModel  # noqa: F401\n"
+)
+# Variables that move an interpreter's prefix or search path; none reaches a stub.
+PYTHON_PATH_VARIABLES = (
+    "PYTHONHOME",
+    "PYTHONPATH",
+    "PYTHONPLATLIBDIR",
+    "PYTHONSAFEPATH",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONEXECUTABLE",
+    "VIRTUAL_ENV",
+    "__PYVENV_LAUNCHER__",
+)
+PATHS_MODULE = "_resnet_deploy_stub_paths"
 
-    ``site.addsitedir`` also runs the ``.pth`` files there, so an editable install of this
-    package imports in the stub as it does here.
+
+def write_stub_interpreter(folder: Path) -> Path:
+    """A venv-shaped folder that makes every Python-backend stub start as this interpreter.
+
+    The stub embeds Python without naming a program, so CPython looks up ``python3`` on PATH
+    and takes its prefix, its site-packages and any ``pyvenv.cfg`` from what it finds there.
+    With the venv not first on PATH (a service, cron, a container), the stub imported the base
+    interpreter's numpy before any line of ours ran, and answered with empty tensors. This
+    folder goes first on the stub's PATH instead: its ``pyvenv.cfg`` names this interpreter's
+    home and keeps the system's and the user's site-packages out, and a ``.pth`` file sets
+    ``sys.path`` to this process's own, in order, after running the ``.pth`` files of its
+    site folders (an editable install's import hook among them). Returns the ``bin`` folder.
     """
-    package_root = Path(__file__).resolve().parents[2]  # the folder holding resnet_deploy
-    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    return (
-        "# Written by resnet-deploy serve: Triton's Python backend runs this file.\n"
-        "import site\nimport sys\n\n"
-        f"sys.path.insert(0, {str(package_root)!r})\n"
-        f"for folder in {site_dirs!r}:\n"
-        "    site.addsitedir(folder)\n\n"
-        "from resnet_deploy.serving.backend import TritonPythonModel  # noqa: E402,F401\n"
+    base_executable = Path(getattr(sys, "_base_executable", "") or sys.executable)
+    home = base_executable.parent if base_executable.is_file() else Path(sys.base_prefix, "bin")
+    bin_folder = folder / "bin"
+    bin_folder.mkdir(parents=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for name in ("python3", "python", f"python{version}"):
+        (bin_folder / name).symlink_to(sys.executable)
+    (folder / "pyvenv.cfg").write_text(
+        f"home = {home}\ninclude-system-site-packages = false\nversion = {version}\n"
     )
+    site_packages = Path(site.getsitepackages([str(folder)])[0])
+    site_packages.mkdir(parents=True)
+    path = [os.path.abspath(entry) for entry in sys.path]  # "" is the folder serve started in
+    site_folders = [*site.getsitepackages(), site.getusersitepackages()]
+    (site_packages / f"{PATHS_MODULE}.py").write_text(
+        "# Written by resnet-deploy serve: this stub imports what the serving process imports.\n"
+        "import site\nimport sys\n\n"
+        f"PATH = {path!r}\n"
+        f"for folder in {[f for f in site_folders if f in sys.path]!r}:\n"
+        "    site.addsitedir(folder)\n"
+        "sys.path[:] = PATH + [entry for entry in sys.path if entry not in PATH]\n"
+    )
+    (site_packages / "resnet_deploy_stub.pth").write_text(f"import {PATHS_MODULE}\n")
+    return bin_folder
 
 
 def launch_tritonserver(
@@ -138,6 +178,7 @@ def launch_tritonserver(
     """
     backends = folder / "backends" / "python"
     backends.mkdir(parents=True)
+    stub_bin = write_stub_interpreter(folder / "python")
     for source in [*files.python_backend.iterdir(), files.stub]:
         if source.is_file():
             (backends / source.name).symlink_to(source)
@@ -159,7 +200,7 @@ def launch_tritonserver(
     ]
     return subprocess.Popen(
         command,
-        env=tritonserver_environment(files),
+        env=tritonserver_environment(files, stub_bin),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -183,8 +224,12 @@ def _terminate_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def tritonserver_environment(files: TritonFiles) -> dict[str, str]:
-    """This environment with the loader path tritonserver and its stubs need.
+def tritonserver_environment(files: TritonFiles, stub_bin: Path) -> dict[str, str]:
+    """This environment with the loader path and the Python tritonserver's stubs need.
+
+    ``stub_bin`` (``write_stub_interpreter``) goes first on PATH, and no variable that would
+    move the stub's prefix or search path is passed on: the stub's packages are this process's
+    whatever the shell that started it held.
 
     The stub links ``libpython3.X.so`` by soname. Under pyenv or conda, the loader would
     otherwise find the system's library of another patch release, and the models fail to load
@@ -197,7 +242,14 @@ def tritonserver_environment(files: TritonFiles) -> dict[str, str]:
         folders.insert(0, libdir)
     if os.environ.get("LD_LIBRARY_PATH"):
         folders.append(os.environ["LD_LIBRARY_PATH"])
-    return {**os.environ, "LD_LIBRARY_PATH": ":".join(folders)}
+    environment = {k: v for k, v in os.environ.items() if k not in PYTHON_PATH_VARIABLES}
+    search = [str(stub_bin), *filter(None, os.environ.get("PATH", "").split(os.pathsep))]
+    return {
+        **environment,
+        "LD_LIBRARY_PATH": ":".join(folders),
+        "PATH": os.pathsep.join(search),
+        "PYTHONNOUSERSITE": "1",
+    }
 
 
 def model_ready(url: str) -> bool:

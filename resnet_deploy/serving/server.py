@@ -50,7 +50,7 @@ from resnet_deploy.runtime.int8target import require_target
 from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.placement import check_placement
 from resnet_deploy.runtime.providers import SessionConfig, create_session, resolve_provider
-from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS
+from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS, imported_packages
 from resnet_deploy.serving.config import (
     LABELS_FILE,
     TritonOptions,
@@ -63,9 +63,9 @@ from resnet_deploy.serving.config import (
     tensor_specs,
 )
 from resnet_deploy.serving.process import (
+    BACKEND_STUB_SOURCE,
     Listen,
     ServeError,
-    backend_stub_source,
     check_ports_free,
     end_process_group,
     launch_tritonserver,
@@ -305,6 +305,7 @@ class ModelServer:
         parameters = {
             "model_path": str(self.model_path),
             "session": json.dumps(asdict(self._session_config())),
+            "packages": json.dumps(imported_packages()),  # each instance checks its own
         }
         config = mc.ModelConfig()
         config.CopyFrom(self.served.config)
@@ -320,7 +321,7 @@ class ModelServer:
                 model_config.parameters[key].string_value = value
             folder = repository / model_config.name
             (folder / "1").mkdir(parents=True)
-            (folder / "1" / "model.py").write_text(backend_stub_source())
+            (folder / "1" / "model.py").write_text(BACKEND_STUB_SOURCE)
             (folder / "config.pbtxt").write_text(render_config(model_config, str(self.model_path)))
             if any(output.label_filename for output in model_config.output):
                 (folder / LABELS_FILE).write_text(labels_file_text())
