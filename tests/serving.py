@@ -6,12 +6,17 @@
     # stopped with SIGTERM; its exit code, processes and shared memory checked
 
 ``start_server``/``stop_server`` do the same in two steps, for tests that send the signal
-themselves or look at the output. Every process started here is stopped by its own PID.
-``count_model_reads`` records every ONNX file a command parses (read-once checks).
+themselves or look at the output; ``launch_server``/``wait_ready`` split the start, for tests
+that accept a refusal to start. By default the server runs on this interpreter in this
+environment; ``program``, ``env`` and ``cwd`` run it as a user would (a console script by its
+full path, another shell's variables, another folder). Every process started here is stopped
+by its own PID. ``http_infer``, ``grpc_infer`` and ``classify`` are one request each through
+tritonclient. ``count_model_reads`` records every ONNX file a command parses (read-once checks).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -21,14 +26,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
 
 from resnet_deploy.model import onnxfile
 from resnet_deploy.serving.process import shared_memory_segments, shm_prefix
@@ -37,6 +46,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # two cores shared with other work: loading can take a while
 STOP_TIMEOUT_S = 90.0
 POLL_S = 0.2
+CLIENT_TIMEOUT_S = 60.0
 SHM = Path("/dev/shm")
 
 
@@ -107,45 +117,84 @@ class ServedProcess:
             self.shm |= mapped_shm(pid)
 
 
-def serve_command(model: Path, *args: str) -> list[str]:
-    """The command line of `resnet-deploy serve`, run by this interpreter."""
+def serve_command(model: Path, *args: str, program: Sequence[str] | None = None) -> list[str]:
+    """The command line of `resnet-deploy serve`: ``program`` (e.g. a console script by its
+    full path), or by default this interpreter running the CLI."""
     code = "from resnet_deploy.cli import main; main(prog_name='resnet-deploy')"
-    return [sys.executable, "-c", code, "serve", str(model), *args]
+    return [*(program or [sys.executable, "-c", code]), "serve", str(model), *args]
 
 
-def start_server(
+def launch_server(
     model: Path,
     *args: str,
     name: str = "resnet18",
     image_model: bool = True,
-    timeout_s: float = START_TIMEOUT_S,
+    program: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> ServedProcess:
-    """Start `resnet-deploy serve MODEL ARGS` on free loopback ports; return once ready.
+    """Start `resnet-deploy serve MODEL ARGS` on free loopback ports, without waiting.
 
     ``name`` is the model name the server will use (the export's arch unless ``--name`` is in
-    ``args``). Raises AssertionError with the server's stderr if it exits or is not ready in
-    ``timeout_s``; the process is then already stopped.
+    ``args``); ``program``, ``env`` and ``cwd`` default to this interpreter, environment and
+    folder.
     """
     http, grpc, metrics = free_ports(3)
     folder = Path(tempfile.mkdtemp(prefix="serve-test-"))
-    command = serve_command(model, "--host", HOST, "--http-port", str(http), "--grpc-port")
+    command = serve_command(
+        model, "--host", HOST, "--http-port", str(http), "--grpc-port", program=program
+    )
     command += [str(grpc), "--metrics-port", str(metrics), *args]
     with open(folder / "stdout.txt", "wb") as out, open(folder / "stderr.txt", "wb") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-    server = ServedProcess(
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd
+        )
+    return ServedProcess(
         process, name, f"{name}_image" if image_model else None, http, grpc, metrics, folder
     )
+
+
+def wait_ready(server: ServedProcess, timeout_s: float = START_TIMEOUT_S) -> bool:
+    """True once serve says it is ready (after its canary) and every model of ``server``
+    answers ready; False if the process exits first.
+
+    Triton's ready endpoints answer before serve's canary has run, so they alone do not say
+    the server was judged right. Raises AssertionError with the server's stderr if it is
+    neither within ``timeout_s``; the process is then already stopped.
+    """
     deadline = time.monotonic() + timeout_s
     models = [m for m in (server.name, server.image_name) if m]
-    while not all(server.ready(m) for m in models):
-        if process.poll() is not None or time.monotonic() > deadline:
+    said = f"serving {server.name} (ready in"
+    while not (
+        said in server.stdout() + server.stderr() and all(server.ready(m) for m in models)
+    ):
+        if server.process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
             server.record_resources()
             stop_server(server, signal.SIGKILL)
-            raise AssertionError(
-                f"server not ready (exit code {process.returncode}): {server.stderr()[-2000:]}"
-            )
+            stderr = server.stderr()[-2000:]
+            raise AssertionError(f"server not ready in {timeout_s:.0f} s: {stderr}")
         time.sleep(POLL_S)
     server.record_resources()
+    return True
+
+
+def start_server(
+    model: Path, *args: str, timeout_s: float = START_TIMEOUT_S, **options: Any
+) -> ServedProcess:
+    """``launch_server(MODEL, ARGS, **options)``; return once ready.
+
+    Raises AssertionError with the server's stderr if it exits or is not ready in
+    ``timeout_s``; the process is then already stopped.
+    """
+    server = launch_server(model, *args, **options)
+    if not wait_ready(server, timeout_s):
+        server.record_resources()
+        stop_server(server, signal.SIGKILL)
+        raise AssertionError(
+            f"server not ready (exit code {server.process.returncode}): {server.stderr()[-2000:]}"
+        )
     return server
 
 
@@ -217,6 +266,52 @@ def running_server(
     finally:
         code = stop_server(server, stop_signal)
     assert_clean_exit(server, code)
+
+
+def http_infer(server: ServedProcess, x: np.ndarray, binary: bool = True) -> np.ndarray:
+    """The tensor model's logits for ``x``, over HTTP."""
+    client = httpclient.InferenceServerClient(server.http_address, network_timeout=CLIENT_TIMEOUT_S)
+    try:
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        output = httpclient.InferRequestedOutput("logits", binary_data=binary)
+        return client.infer(server.name, [tensor], outputs=[output]).as_numpy("logits")
+    finally:
+        client.close()
+
+
+def grpc_infer(server: ServedProcess, x: np.ndarray) -> np.ndarray:
+    """The tensor model's logits for ``x``, over gRPC."""
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    try:
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(server.name, [tensor], client_timeout=CLIENT_TIMEOUT_S)
+        return result.as_numpy("logits")
+    finally:
+        client.close()
+
+
+def jpeg(seed: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A JPEG of seeded noise: the same file on every run."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def classify(server: ServedProcess, images: list[bytes]) -> dict[str, np.ndarray]:
+    """Every output of the image model for ``images``, one row each, over HTTP."""
+    client = httpclient.InferenceServerClient(server.http_address, network_timeout=CLIENT_TIMEOUT_S)
+    try:
+        data = np.array([[image] for image in images], dtype=object)
+        tensor = httpclient.InferInput("image", list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        result = client.infer(server.image_name, [tensor])
+        names = ("classes", "class_indices", "probabilities", "error")
+        return {name: result.as_numpy(name) for name in names}
+    finally:
+        client.close()
 
 
 def descendants(pid: int) -> list[int]:

@@ -14,7 +14,6 @@ import pytest
 import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from resnet_deploy.check.compare import Tolerance
 from resnet_deploy.check.verify import VerifyOptions, onnxruntime_tf32, tf32_in_use
 from resnet_deploy.check.verify import session_config as verify_config
 from resnet_deploy.convert.quantize import OptimizeOptions, optimize_model
@@ -35,6 +34,7 @@ from resnet_deploy.runtime.providers import (
     tensorrt_build_note,
     trt_profile,
 )
+from resnet_deploy.tolerance import Tolerance
 from tests.helpers import cli
 
 EP_FAIL = "[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine from network."

@@ -7,6 +7,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from serving import count_model_reads  # tests/ is on sys.path under pytest's default import mode
 from tritonclient.grpc import model_config_pb2 as mc
@@ -17,7 +19,13 @@ from resnet_deploy.errors import InputError
 from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.runtime.providers import SessionConfig, create_session
-from resnet_deploy.serving.config import parse_config
+from resnet_deploy.serving.config import (
+    TensorSpec,
+    build_config,
+    parse_config,
+    render_config,
+    resolve_batching,
+)
 from resnet_deploy.serving.repository import TritonOptions, write_model_repository
 
 
@@ -55,8 +63,8 @@ def test_dynamic_batch_export_config_matches_the_model(exported, tmp_path: Path)
     )
     session = create_session(source, SessionConfig(provider="cpu"))  # ONNX Runtime's own view
     (ort_in,), (ort_out,) = session.get_inputs(), session.get_outputs()
-    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
-        (ort_in.name, mc.TYPE_FP32, ort_in.shape[1:])
+    assert [(i.name, i.data_type, list(i.dims), i.format) for i in config.input] == [
+        (ort_in.name, mc.TYPE_FP32, ort_in.shape[1:], mc.ModelInput.FORMAT_NCHW)
     ]
     assert [(o.name, list(o.dims), o.label_filename) for o in config.output] == [
         (ort_out.name, ort_out.shape[1:], "labels.txt")
@@ -82,6 +90,8 @@ def test_fixed_batch_export_gets_max_batch_size_0_and_full_dims(exported, tmp_pa
     config = read_config(tmp_path / "fixed")
     assert config.max_batch_size == 0
     assert [list(i.dims) for i in config.input] == [[4, 3, 224, 224]]
+    # Triton allows a layout only on three dims; image_client.py cannot serve this model
+    assert config.input[0].format == mc.ModelInput.FORMAT_NONE
     assert [list(o.dims) for o in config.output] == [[4, 1000]]
     assert not config.HasField("dynamic_batching")
     assert [(w.batch_size, list(w.inputs["input"].dims)) for w in config.model_warmup] == [
@@ -208,11 +218,65 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch) -> 
             "instance_group { kind: KIND_CPU count: 1 }",
             "dims must be >= 1",
         ),
+        (
+            'name: "m" platform: "onnxruntime_onnx" '
+            'input { name: "x" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [1, 3, 8, 8] } '
+            "instance_group { kind: KIND_CPU count: 1 }",
+            "need three dims",
+        ),
     ],
 )
 def test_invalid_config_text_is_caught(text: str, problem: str) -> None:
     with pytest.raises(InputError, match=problem):
         parse_config(text)
+
+
+def served_input(shape: tuple[int, ...]) -> mc.ModelInput:
+    """The config input `triton` and `serve` write for a model input of ``shape`` (ONNX's,
+    batch first), after the render-and-parse round trip."""
+    tensor = TensorSpec("x", "TYPE_FP32", shape)
+    options = TritonOptions(repo=Path("."), warmup=False)
+    batching = resolve_batching(options, [tensor], [TensorSpec("y", "TYPE_FP32", shape[:1])])
+    config = build_config("m", [tensor], [], options, *batching, labelled=set())
+    return parse_config(render_config(config, "test")).input[0]
+
+
+NCHW, NHWC, NONE = (mc.ModelInput.FORMAT_NCHW, mc.ModelInput.FORMAT_NHWC, mc.ModelInput.FORMAT_NONE)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout"),
+    [
+        ((-1, 3, 224, 224), NCHW),  # our exports
+        ((-1, 3, -1, -1), NCHW),  # any image size
+        ((-1, 3, 32, 48), NCHW),
+        ((-1, 224, 224, 3), NHWC),  # e.g. a TensorFlow export
+        ((4, 3, 224, 224), NONE),  # fixed batch: four config dims
+        ((-1, 1, 28, 28), NONE),  # one channel: not an RGB image
+        ((-1, 3, 224, 3), NONE),  # either layout: not guessed
+        ((-1, 3, 224), NONE),
+        ((-1, 1000), NONE),
+        ((-1, 2, 3, 224, 224), NONE),
+    ],
+)
+def test_an_image_input_declares_its_layout(shape: tuple[int, ...], layout: int) -> None:
+    assert served_input(shape).format == layout
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.sampled_from([-1, 1, 2, 3, 4, 224]), min_size=1, max_size=5))
+def test_a_declared_layout_is_one_image_clients_can_use(shape: list[int]) -> None:
+    """Whatever the shape, the config parses back as written, and a declared layout holds
+    what Triton's image_client.py reads from it: three dims, three channels where it says."""
+    x = served_input((-1, *shape))
+    assert list(x.dims) == shape
+    if x.format == NCHW:
+        assert len(shape) == 3 and shape[0] == 3 and shape[2] != 3
+    elif x.format == NHWC:
+        assert len(shape) == 3 and shape[2] == 3 and shape[0] != 3
+    else:
+        assert x.format == NONE
+        assert len(shape) != 3 or (shape[0] == 3) == (shape[2] == 3)
 
 
 @pytest.mark.parametrize(

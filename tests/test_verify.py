@@ -15,11 +15,11 @@ from onnx import helper, numpy_helper
 from PIL import Image
 from serving import count_model_reads  # tests/ is on sys.path under pytest's default import mode
 
-from resnet_deploy.check.compare import Tolerance, compare_outputs
 from resnet_deploy.check.verify import VerifyOptions, session_config, verify
 from resnet_deploy.cli import main
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import read_metadata, write_metadata
+from resnet_deploy.tolerance import Tolerance, compare_outputs
 from tests.helpers import ATOL
 
 FAST = {"samples": 1, "batch_sizes": (1,)}  # one image: enough to see a tampered model

@@ -11,11 +11,11 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from resnet_deploy.check.compare import OutputErrors, Tolerance, compare_outputs
 from resnet_deploy.data.images import list_images, load_batch
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.metadata import SEED_IMAGE_SIZE
 from resnet_deploy.model.weights import RANDOM
+from resnet_deploy.tolerance import OutputErrors, Tolerance, compare_outputs
 
 # 1 and 2 are what services run most; 7 is odd and not a power of two, which catches kernels
 # and reshapes that only work for "nice" batch sizes. All come from one dynamic-batch file.

@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 import torch
 
-from resnet_deploy.check.compare import Tolerance
 from resnet_deploy.check.localize import Localization, localize
 from resnet_deploy.check.sweep import (
     InputSource,
@@ -56,6 +55,7 @@ from resnet_deploy.runtime.providers import (
     with_trt_profile,
 )
 from resnet_deploy.steps import Progress, no_progress
+from resnet_deploy.tolerance import Tolerance
 
 
 @dataclass(frozen=True)

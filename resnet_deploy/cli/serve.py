@@ -73,11 +73,20 @@ def command(model: Path, json_out: str | None, force: bool, **options: Any) -> N
       resnet-deploy serve resnet50.onnx
       resnet-deploy serve resnet50-int8.onnx --instances 2 --threads 1 --max-queue-size 64
     """
-    from resnet_deploy.serving.server import ServeOptions, format_endpoints, format_result, serve
+    from resnet_deploy.serving.server import (
+        CanaryError,
+        ServeOptions,
+        format_ready,
+        format_result,
+        serve,
+    )
 
-    def ready(endpoints: Any, startup_s: float) -> None:
-        click.echo(format_endpoints(endpoints, startup_s), err=json_out == STDOUT)
+    def ready(server: Any) -> None:
+        click.echo(format_ready(server), err=json_out == STDOUT)
         sys.stdout.flush()
 
-    result = serve(model, ServeOptions(**options), progress=progress, on_ready=ready)
+    try:
+        result = serve(model, ServeOptions(**options), progress=progress, on_ready=ready)
+    except CanaryError as exc:  # the record says what each endpoint answered
+        finish({"model": model, "canary": exc.report}, json_out, force, error=exc)
     finish(result, json_out, force, text=format_result)

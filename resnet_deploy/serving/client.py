@@ -94,8 +94,8 @@ class ModelClient:
     def __init__(self, model: EndpointModel, timeout_s: float):
         self.model = model
         self.timeout_s = timeout_s
-        self.client = _client(model.protocol, model.address, timeout_s)
-        self.module = _module(model.protocol)
+        self.client = open_client(model.protocol, model.address, timeout_s)
+        self.module = protocol_module(model.protocol)
         self.outputs = [self.module.InferRequestedOutput(model.output_name, **self._binary())]
 
     def __enter__(self) -> ModelClient:
@@ -136,7 +136,7 @@ def connect(options: EndpointOptions, *, default_name: str | None = None) -> End
     beside the URL), else the one tensor model the endpoint serves.
     """
     protocol, address = check_endpoint(options)
-    client = _client(protocol, address, options.timeout_s)
+    client = open_client(protocol, address, options.timeout_s)
     try:
         server = _call(client, options, "get_server_metadata")
         name = options.model_name or default_name or _only_model(client, options)
@@ -310,7 +310,8 @@ def _why(exc: Exception) -> str:
     return text
 
 
-def _module(protocol: str) -> Any:
+def protocol_module(protocol: str) -> Any:
+    """tritonclient's module for ``protocol``: both have the same InferInput and client API."""
     if protocol == "grpc":
         import tritonclient.grpc as module
     else:
@@ -318,8 +319,9 @@ def _module(protocol: str) -> Any:
     return module
 
 
-def _client(protocol: str, address: str, timeout_s: float) -> Any:
-    module = _module(protocol)
+def open_client(protocol: str, address: str, timeout_s: float) -> Any:
+    """A tritonclient client for ``HOST:PORT``; gRPC's time limit is given per call."""
+    module = protocol_module(protocol)
     if protocol == "grpc":
         return module.InferenceServerClient(address)
     return module.InferenceServerClient(

@@ -51,6 +51,7 @@ from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.placement import check_placement
 from resnet_deploy.runtime.providers import SessionConfig, create_session, resolve_provider
 from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS, imported_packages
+from resnet_deploy.serving.canary import CanaryReport, run_canary
 from resnet_deploy.serving.config import (
     LABELS_FILE,
     TritonOptions,
@@ -122,10 +123,22 @@ class Endpoints:
     image_model_name: str | None  # None when the model has no resnet-deploy metadata
 
 
+class CanaryError(ServeError):
+    """The served model answered the canary differently from in-process ONNX Runtime."""
+
+    def __init__(self, report: CanaryReport):
+        super().__init__(
+            "the served model answers differently from in-process ONNX Runtime, so serve "
+            "stopped it: " + "; ".join(report.failures())
+        )
+        self.report = report
+
+
 @dataclass
 class ServeResult:
     model: Path
     endpoints: Endpoints
+    canary: CanaryReport
     provider: str
     max_batch_size: int
     max_queue_size: int
@@ -219,6 +232,7 @@ class ModelServer:
         self.served = served_model(self.model_file, options)
         self.notes: list[str] = list(self.served.warnings)
         self.startup_s = 0.0
+        self.canary: CanaryReport | None = None  # once started: what the endpoints answered
         self._process: subprocess.Popen | None = None
         self._folder: Path | None = None
         self._started_at = 0.0
@@ -255,7 +269,8 @@ class ModelServer:
         progress: Progress = no_progress,
         cancel: threading.Event | None = None,
     ) -> Endpoints:
-        """Start and wait for readiness; ``cancel`` set meanwhile stops it (KeyboardInterrupt)."""
+        """Start, wait for readiness, and prove the answers right; ``cancel`` set meanwhile stops
+        it (KeyboardInterrupt). A canary that disagrees stops the server (CanaryError)."""
         started = time.perf_counter()
         engine = tritonserver_files()
         check_ports_free(self.options.listen)
@@ -265,7 +280,6 @@ class ModelServer:
         session = create_session(self.model_file, self._session_config())
         self.notes.append(session.placement.summary())
         self.notes += check_placement(session.placement, strict=False)
-        del session
         if self.options.image_model and self.served.metadata is None:
             self.notes.append(
                 f"{self.model_path} has no resnet-deploy metadata: no image model, since its "
@@ -284,6 +298,19 @@ class ModelServer:
                 log_file=self.log_file,
             )
             self._wait_until_ready(progress, cancel or threading.Event())
+            progress("canary: known inputs through every endpoint, against this session")
+            self.canary = run_canary(
+                session,
+                self.served.metadata,
+                {"http": self._local_url("http"), "grpc": self._local_url("grpc")},
+                self.name,
+                self.endpoints.image_model_name,
+                self.options.top_k,
+            )
+            if not self.canary.passed:
+                raise CanaryError(self.canary)
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt  # a signal during the canary
         except BaseException:
             self.stop()
             raise
@@ -378,11 +405,16 @@ class ModelServer:
             time.sleep(POLL_S)
 
     def ready_url(self, name: str) -> str:
+        return f"{self._local_url('http')}/v2/models/{name}/ready"
+
+    def _local_url(self, protocol: str) -> str:
+        """Where this machine reaches the server: a wildcard address by loopback."""
         host = self.options.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.options.http_port}/v2/models/{name}/ready"
+        port = self.options.http_port if protocol == "http" else self.options.grpc_port
+        return f"{protocol}://{host}:{port}"
 
     def _cause(self, fallback: str) -> str:
         """The first error tritonserver logged, in one line, else ``fallback``."""
@@ -425,7 +457,7 @@ def serve(
     model: ModelFile | Path,
     options: ServeOptions = ServeOptions(),
     progress: Progress = no_progress,
-    on_ready: Callable[[Endpoints, float], None] = lambda endpoints, startup_s: None,
+    on_ready: Callable[[ModelServer], None] = lambda server: None,
 ) -> ServeResult:
     """Serve until SIGINT or SIGTERM (either drains), or until the server stops on its own."""
     stop = threading.Event()
@@ -439,7 +471,7 @@ def serve(
     server = ModelServer(model, options)  # reads the file, once
     try:
         endpoints = server.start(progress, cancel=stop)
-        on_ready(endpoints, server.startup_s)
+        on_ready(server)
         stopped_by = ""
         while not stop.wait(1.0):
             if not server.alive():
@@ -456,6 +488,7 @@ def serve(
     result = ServeResult(
         model=server.model_file.path,
         endpoints=endpoints,
+        canary=server.canary,
         provider=resolve_provider(options.provider),
         max_batch_size=server.served.config.max_batch_size,
         max_queue_size=options.max_queue_size,
@@ -470,13 +503,16 @@ def serve(
     return result
 
 
-def format_endpoints(endpoints: Endpoints, startup_s: float) -> str:
-    lines = [f"serving {endpoints.model_name} (ready in {startup_s:.1f} s)"]
+def format_ready(server: ModelServer) -> str:
+    endpoints = server.endpoints
+    lines = [f"serving {endpoints.model_name} (ready in {server.startup_s:.1f} s)"]
     lines.append(f"  HTTP     {endpoints.http_url}/v2/models/{endpoints.model_name}")
     lines.append(f"  gRPC     {endpoints.grpc_url}")
     lines.append(f"  metrics  {endpoints.metrics_url}")
     if endpoints.image_model_name:
         lines.append(f"  images   {endpoints.http_url}/v2/models/{endpoints.image_model_name}")
+    if server.canary is not None:
+        lines.append(server.canary.summary())
     lines.append("Stop with Ctrl-C or SIGTERM (in-flight requests finish first).")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """Comparing a model's outputs with a reference: the statistics, and the one tolerance policy.
 
 verify judges an exported file against the eager model with it; optimize judges what it
-produces the same way, so "close enough" means one thing across the toolkit.
+produces the same way, and serve its canary answers against in-process ONNX Runtime, so "close
+enough" means one thing across the toolkit.
 """
 
 from __future__ import annotations
