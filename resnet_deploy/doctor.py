@@ -1,4 +1,5 @@
-"""What really works on this machine: each provider tried, CUDA libraries looked up, versions.
+"""What really works on this machine: each provider tried, CUDA libraries looked up, versions,
+and `serve` started on a tiny model and proven by its canary.
 
 Listing ``get_available_providers()`` proves nothing: the GPU package lists CUDA and TensorRT on
 every machine. Each provider is given a one-node model through ``providers.create_session``
@@ -14,8 +15,12 @@ its own CUDA libraries; those then count as found here, as they do for the other
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import re
+import socket
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +60,13 @@ class LibraryCheck:
     needed_by: str = "CUDAExecutionProvider"  # or TensorrtExecutionProvider
 
 
+@dataclass(frozen=True)
+class ServeCheck:
+    works: bool
+    detail: str  # the canary's verdict, or why serve could not start
+    startup_s: float = 0.0  # until the canary agreed
+
+
 @dataclass
 class DoctorReport:
     onnxruntime: str  # package and version, e.g. "onnxruntime-gpu 1.31.1"
@@ -66,6 +78,7 @@ class DoctorReport:
     torch_cuda: str  # the CUDA version torch was built for; "" for a CPU build
     packages: dict[str, str]
     cuda_works: bool
+    serve: ServeCheck
     problems: list[str] = field(default_factory=list)  # one line per thing that does not work
 
 
@@ -88,6 +101,9 @@ def diagnose() -> DoctorReport:
     if not torch.cuda.is_available():
         reason = "a CPU build" if torch.version.cuda is None else "no usable GPU"
         problems.append(f"torch {torch.__version__} cannot use CUDA ({reason})")
+    serve = check_serve()
+    if not serve.works:
+        problems.append(f"serve does not work: {serve.detail}")
     return DoctorReport(
         onnxruntime=f"{build_and_package_info.package_name} {ort.__version__}",
         onnxruntime_cuda=getattr(build_and_package_info, "cuda_version", ""),
@@ -98,14 +114,19 @@ def diagnose() -> DoctorReport:
         torch_cuda=torch.version.cuda or "",
         packages=package_versions(),
         cuda_works=any(p.works and p.provider == "CUDAExecutionProvider" for p in providers),
+        serve=serve,
         problems=problems,
     )
 
 
-def probe_model() -> bytes:
-    """One Relu, IR 8 and opset 13: old enough for every onnxruntime and TensorRT we support."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+def probe_model(rows: int | str = 2) -> bytes:
+    """One Relu, IR 8 and opset 13: old enough for every onnxruntime and TensorRT we support.
+
+    ``rows`` is its shape: 2 values for the providers, or a named dimension, which Triton
+    batches, for serve's check.
+    """
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows] if rows == 2 else [rows, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows] if rows == 2 else [rows, 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.checker.check_model(model)
@@ -129,6 +150,43 @@ def try_provider(provider: str) -> ProviderCheck:
         detail = f"ran, but Relu{PROBE_INPUT} gave {output}"
         return ProviderCheck(provider, False, detail, session.placement)
     return ProviderCheck(provider, True, "ran a one-node model, output correct", session.placement)
+
+
+def check_serve() -> ServeCheck:
+    """`serve` on a one-Relu model over loopback, ready only once its canary agreed, then stopped.
+
+    The same start users get: Triton's Python-backend stubs, this interpreter's packages, the
+    answers over HTTP and gRPC compared with in-process ONNX Runtime.
+    """
+    if importlib.util.find_spec("pytriton") is None:
+        return ServeCheck(False, "not installed: pip install 'resnet-deploy[serve]'")
+    from resnet_deploy.serving.server import ModelServer, ServeOptions
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-doctor-") as folder:
+        model = Path(folder) / "doctor-probe.onnx"
+        model.write_bytes(probe_model(rows="batch"))
+        http, grpc, metrics = free_loopback_ports(3)
+        options = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics)
+        try:
+            with ModelServer(model, options) as server:
+                canary = server.canary
+        except ResnetDeployError as exc:
+            return ServeCheck(False, str(exc))
+    assert canary is not None  # a started server has run its canary
+    return ServeCheck(True, canary.summary(), time.perf_counter() - started)
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now, each different (the OS picks them)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def cuda_libraries() -> list[tuple[str, bool]]:
@@ -213,6 +271,10 @@ def format_report(report: DoctorReport) -> str:
     lines.append(f"torch CUDA: {torch_cuda}, available: {report.torch_cuda_available}")
     lines.append("")
     lines.append(format_table(["package", "version"], list(report.packages.items())))
+    lines.append("")
+    serve = report.serve
+    verdict = f"works in {serve.startup_s:.1f} s" if serve.works else "does NOT work"
+    lines.append(f"serve: {verdict}: {serve.detail}")
     lines.append("")
     if report.cuda_works:
         lines.append("CUDA works: CUDAExecutionProvider ran the probe model.")

@@ -22,6 +22,7 @@ from resnet_deploy.doctor import (
     DoctorReport,
     LibraryCheck,
     ProviderCheck,
+    ServeCheck,
     cuda_libraries,
     diagnose,
     find_library,
@@ -35,6 +36,7 @@ from tests.helpers import cli
 CUDA_BUILD = getattr(build_and_package_info, "cuda_version", "")
 WORKS = "ran a one-node model, output correct"
 NO_CUBLAS = "libcublas.so.12: cannot open shared object file: No such file or directory"
+SERVED = "canary agreed with in-process ONNX Runtime (...): doctor-probe over http, ... grpc"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Machine:
     gpus: tuple[str, ...] = ("NVIDIA H100 80GB HBM3",)
     torch_cuda: str | None = "12.8"  # the CUDA torch was built for; None for a CPU build
     torch_gpu: bool = True  # torch.cuda.is_available()
+    serve_fails: str | None = None  # why serve's check failed; None: its canary agreed
 
 
 # The libraries an imagined CUDA 12 build loads: the driver, one required, one optional.
@@ -74,6 +77,8 @@ def on(monkeypatch: pytest.MonkeyPatch) -> Callable[[Machine], None]:
         monkeypatch.setattr(doctor, "tensorrt_libraries", lambda: list(TRT_LIBRARIES))
         monkeypatch.setattr(doctor, "find_library", load)
         monkeypatch.setattr(doctor, "gpus", lambda: machine.gpus)
+        serve = ServeCheck(machine.serve_fails is None, machine.serve_fails or SERVED, 4.2)
+        monkeypatch.setattr(doctor, "check_serve", lambda: serve)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: machine.torch_gpu)
         monkeypatch.setattr(torch.version, "cuda", machine.torch_cuda)
 
@@ -135,6 +140,15 @@ def test_tensorrt_libraries_are_looked_up(report: DoctorReport) -> None:
     assert any(re.fullmatch(r"libnvinfer\.so\.\d+", name) for name in wanted)
     trt = [lib for lib in report.libraries if lib.needed_by == TENSORRT]
     assert [lib.soname for lib in trt] == wanted
+
+
+def test_serve_is_started_and_proven_by_its_canary(report: DoctorReport) -> None:
+    """The real check: serve on the probe model, ready only once HTTP and gRPC agreed."""
+    assert report.serve.works, report.serve.detail
+    assert report.serve.detail.startswith("canary agreed with in-process ONNX Runtime")
+    assert "over http" in report.serve.detail and "over grpc" in report.serve.detail
+    assert report.serve.startup_s > 0
+    assert not any(problem.startswith("serve") for problem in report.problems)
 
 
 def test_find_library_reports_the_file() -> None:
@@ -243,6 +257,15 @@ def test_torch_without_cuda_says_why(
     assert report.problems == [f"torch {torch.__version__} cannot use CUDA ({reason})"]
 
 
+def test_a_serve_that_fails_its_check_is_a_problem(on: Callable[[Machine], None]) -> None:
+    why = "the served model answers differently from in-process ONNX Runtime, so serve stopped it"
+    on(Machine(serve_fails=why))
+    report = diagnose()
+    assert report.cuda_works and not report.serve.works
+    assert report.problems == [f"serve does not work: {why}"]
+    assert f"serve: does NOT work: {why}" in format_report(report)
+
+
 # --- what people and scripts read ------------------------------------------------------------
 
 
@@ -289,7 +312,10 @@ def test_cli_json_is_one_record(on: Callable[[Machine], None]) -> None:
     result = cli("doctor", "--json")
     assert result.exit_code == 0
     record = json.loads(result.stdout)
-    assert {"providers", "libraries", "gpus", "packages", "cuda_works", "problems"} <= set(record)
+    assert {"providers", "libraries", "gpus", "packages", "cuda_works", "serve", "problems"} <= set(
+        record
+    )
+    assert record["serve"] == {"works": True, "detail": SERVED, "startup_s": 4.2}
     assert {"torch", "onnx", "numpy", "click"} <= set(record["packages"])
     assert record["cuda_works"] is False and record["problems"] == BROKEN_PROBLEMS
 

@@ -3,9 +3,8 @@ compared with in-process ONNX Runtime on the same input.
 
 Triton's ``ready`` means a model loaded, not that it answers right: a stub that imported another
 numpy once answered every request with status 200, the right shape and no values. So the tensor
-model gets a seeded batch and the image model a JPEG drawn here, over HTTP and over gRPC, through
-the same client code users run (``serving.client`` reads each model's metadata and config
-first), and each answer is judged by the tolerance ``verify`` uses for the file's precision.
+model gets seeded values for every input and the image model a JPEG drawn here, over HTTP and
+over gRPC, and each answer is judged by the tolerance ``verify`` uses for the file's precision.
 """
 
 from __future__ import annotations
@@ -14,28 +13,25 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from tritonclient.utils import np_to_triton_dtype
 
+from resnet_deploy.errors import ResnetDeployError
 from resnet_deploy.model.labels import softmax, top_k
 from resnet_deploy.model.metadata import ModelMetadata
-from resnet_deploy.serving.backend import IMAGE_INPUT, decode_image
-from resnet_deploy.serving.client import (
-    EndpointOptions,
-    ModelClient,
-    connect,
-    open_client,
-    parse_url,
-    protocol_module,
-)
+from resnet_deploy.runtime.providers import ONNX_DTYPES
+from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS, decode_image
+from resnet_deploy.serving.client import open_client, parse_url, protocol_module
 from resnet_deploy.tolerance import Tolerance, compare_outputs
 
 T = TypeVar("T")
 CANARY_SEED = 20240607
 CANARY_ROWS = 2  # two rows, so the split of a batch back into rows is checked too
+DEFAULT_SIDE = 224  # a free spatial dimension of a file without resnet-deploy metadata
 IMAGE_SIDE = 256
 TIMEOUT_S = 60.0  # one canary call: generous for a first request on a cold, busy CPU
 # Triton's endpoints answer while the canary runs, so early clients may fill the queue; a
@@ -43,6 +39,10 @@ TIMEOUT_S = 60.0  # one canary call: generous for a first request on a cold, bus
 OVERLOADED = "maximum queue size"
 ATTEMPTS = 5
 RETRY_S = 0.5
+
+
+class CanaryInputError(ResnetDeployError):
+    """The canary cannot ask or read this model; it counts as a disagreement."""
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,23 @@ def run_canary(
     metadata: ModelMetadata | None,
     urls: dict[str, str],
     model_name: str,
+    max_batch_size: int,
     image_model_name: str | None,
     top: int,
 ) -> CanaryReport:
     """Every endpoint in ``urls`` (protocol -> URL) asked once per model, and judged."""
     tolerance = Tolerance.for_precision(metadata.precision if metadata else "fp32")
+    feeds = canary_feeds(session, max_batch_size, metadata)
+    outputs = [output.name for output in session.get_outputs()]
+    expected = dict(zip(outputs, session.run(outputs, feeds), strict=True))
     checks = []
     for protocol, url in urls.items():
-        checks.append(_tensor_check(session, url, protocol, model_name, tolerance))
+        try:
+            served = _patiently(_infer, url, model_name, feeds, outputs)
+            passed, detail = _judge(expected, served, tolerance)
+        except Exception as exc:  # any failure to answer is the canary's finding
+            passed, detail = False, f"no usable answer: {_first_line(exc)}"
+        checks.append(CanaryCheck(protocol, model_name, passed, detail))
         if image_model_name and metadata is not None:
             checks.append(
                 _image_check(session, metadata, url, protocol, image_model_name, top, tolerance)
@@ -92,28 +101,30 @@ def run_canary(
     return CanaryReport(_rule(tolerance), tuple(checks))
 
 
+def canary_feeds(
+    session: ort.InferenceSession, max_batch_size: int, metadata: ModelMetadata | None
+) -> dict[str, np.ndarray]:
+    """Seeded values for every input: CANARY_ROWS rows where Triton batches, one otherwise;
+    other free dimensions take the image size the file records (else 224)."""
+    rng = np.random.default_rng(CANARY_SEED)
+    rows = min(CANARY_ROWS, max_batch_size) if max_batch_size else 1
+    side = metadata.image_size if metadata else DEFAULT_SIDE
+    feeds = {}
+    for spec in session.get_inputs():
+        if spec.type not in ONNX_DTYPES:
+            raise CanaryInputError(f"input {spec.name!r} is {spec.type}; the canary sends floats")
+        shape = [
+            d if isinstance(d, int) and d > 0 else (rows if i == 0 else side)
+            for i, d in enumerate(spec.shape)
+        ]
+        feeds[spec.name] = rng.standard_normal(shape).astype(ONNX_DTYPES[spec.type])
+    return feeds
+
+
 def _rule(tolerance: Tolerance) -> str:
     if tolerance.elementwise:
         return f"|served - in-process| <= {tolerance.atol:g} + {tolerance.rtol:g} * |in-process|"
     return f"{tolerance.precision}: cosine >= {tolerance.min_cosine:g}, top-1 and top-5 agreement"
-
-
-def _tensor_check(
-    session: ort.InferenceSession, url: str, protocol: str, name: str, tolerance: Tolerance
-) -> CanaryCheck:
-    try:
-        model = connect(EndpointOptions(url, name, timeout_s=TIMEOUT_S))
-        rows = min(CANARY_ROWS, model.max_batch_size) if model.max_batch_size else None
-        batch_size = rows or model.fixed_batch or 1
-        shape = (batch_size, *model.dims) if model.batch_dim else (1, *model.dims)
-        batch = np.random.default_rng(CANARY_SEED).standard_normal(shape).astype(model.dtype)
-        with ModelClient(model, timeout_s=TIMEOUT_S) as client:
-            feed = client.place(batch)
-            served = _patiently(lambda: client.infer(feed))
-    except Exception as exc:  # any failure to answer is the canary's finding
-        return CanaryCheck(protocol, name, False, f"no usable answer: {_first_line(exc)}")
-    reference = session.run([model.output_name], {model.input_name: batch})[0]
-    return CanaryCheck(protocol, name, *_judge(reference, served, tolerance))
 
 
 def _image_check(
@@ -125,22 +136,26 @@ def _image_check(
     top: int,
     tolerance: Tolerance,
 ) -> CanaryCheck:
+    """A JPEG to the image model: the top classes and probabilities in-process ones give."""
     data = canary_jpeg()
     logits = session.run(
         [metadata.output_name], {metadata.input_name: decode_image(data, metadata)[None]}
     )[0]
     expected = softmax(logits)[0]
+    feeds = {IMAGE_INPUT: np.array([[data]], dtype=np.object_)}
     try:
-        served = _patiently(lambda: _classify(url, name, data))
+        served = _patiently(_infer, url, name, feeds, list(IMAGE_OUTPUTS))
     except Exception as exc:
         return CanaryCheck(protocol, name, False, f"no usable answer: {_first_line(exc)}")
-    indices, probabilities, error = served
+    indices, probabilities = served["class_indices"][0], served["probabilities"][0]
+    error = served["error"][0, 0]
     if error:
-        return CanaryCheck(protocol, name, False, f"the image was refused: {error}")
-    best = top_k(expected, top)
-    wanted = np.array([score.probability for score in best])
+        reason = error.decode() if isinstance(error, bytes) else str(error)
+        return CanaryCheck(protocol, name, False, f"the image was refused: {reason}")
     if len(indices) != top:
         return CanaryCheck(protocol, name, False, f"{len(indices)} classes where {top} were asked")
+    best = top_k(expected, top)
+    wanted = np.array([score.probability for score in best])
     # Near-ties may swap places between two runs; each served class must have the probability
     # the in-process run gives it, and the k best probabilities must be the same.
     limit = tolerance.atol + tolerance.rtol * np.abs(expected[indices])
@@ -155,11 +170,37 @@ def _image_check(
     return CanaryCheck(protocol, name, True, f"top-{top} classes and probabilities agree")
 
 
-def _patiently(call: Callable[[], T]) -> T:
-    """``call()``, again after a rejection for a full queue, at most ATTEMPTS times."""
+def _infer(
+    url: str, name: str, feeds: dict[str, np.ndarray], outputs: list[str]
+) -> dict[str, np.ndarray]:
+    """One request with ``feeds`` to model ``name``: the ``outputs`` it answered."""
+    protocol, address = parse_url(url)
+    module = protocol_module(protocol)
+    binary = {"binary_data": True} if protocol == "http" else {}
+    limit = {"client_timeout": TIMEOUT_S} if protocol == "grpc" else {}
+    tensors = []
+    for input_name, array in feeds.items():
+        tensor = module.InferInput(input_name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array, **binary)
+        tensors.append(tensor)
+    requested = [module.InferRequestedOutput(output, **binary) for output in outputs]
+    client = open_client(protocol, address, TIMEOUT_S)
+    try:
+        result = client.infer(name, tensors, outputs=requested, **limit)
+    finally:
+        client.close()
+    answered = {output: result.as_numpy(output) for output in outputs}
+    missing = [output for output, array in answered.items() if array is None]
+    if missing:
+        raise CanaryInputError(f"the answer has no {', '.join(missing)}")
+    return answered
+
+
+def _patiently(call: Callable[..., T], *args: object) -> T:
+    """``call(*args)``, again after a rejection for a full queue, at most ATTEMPTS times."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            return call()
+            return call(*args)
         except Exception as exc:
             if OVERLOADED not in str(exc) or attempt == ATTEMPTS:
                 raise
@@ -167,33 +208,26 @@ def _patiently(call: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _judge(reference: np.ndarray, served: np.ndarray, tolerance: Tolerance) -> tuple[bool, str]:
-    if served.shape != reference.shape:
-        return False, f"answered shape {list(served.shape)} where in-process gives " + str(
-            list(reference.shape)
-        )
-    errors = compare_outputs(reference, served, tolerance)
-    failures = tolerance.failures(errors)
+def _judge(
+    expected: dict[str, np.ndarray], served: dict[str, np.ndarray], tolerance: Tolerance
+) -> tuple[bool, str]:
+    """Each served output against in-process ONNX Runtime's, by ``tolerance``."""
+    failures, worst, values = [], 0.0, 0
+    for name, reference in expected.items():
+        answer = served[name]
+        if answer.shape != reference.shape:
+            shapes = f"{list(answer.shape)} where in-process gives {list(reference.shape)}"
+            failures.append(f"{name}: shape {shapes}")
+        elif not np.issubdtype(reference.dtype, np.floating):
+            if not np.array_equal(answer, reference):
+                failures.append(f"{name}: values differ from in-process")
+        else:
+            errors = compare_outputs(reference, answer, tolerance)
+            failures += [f"{name}: {failure}" for failure in tolerance.failures(errors)]
+            worst, values = max(worst, errors.max_abs_error), values + errors.elements
     if failures:
         return False, "; ".join(failures)
-    return True, f"max abs error {errors.max_abs_error:.3g} over {errors.elements} values"
-
-
-def _classify(url: str, name: str, data: bytes) -> tuple[Any, Any, str]:
-    """The image model's class indices, probabilities and error for one encoded image."""
-    protocol, address = parse_url(url)
-    module = protocol_module(protocol)
-    client = open_client(protocol, address, TIMEOUT_S)
-    limit = {"client_timeout": TIMEOUT_S} if protocol == "grpc" else {}
-    try:
-        tensor = module.InferInput(IMAGE_INPUT, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
-        result = client.infer(name, [tensor], **limit)
-    finally:
-        client.close()
-    error = result.as_numpy("error")[0, 0]
-    error = error.decode() if isinstance(error, bytes) else str(error)
-    return result.as_numpy("class_indices")[0], result.as_numpy("probabilities")[0], error
+    return True, f"max abs error {worst:.3g} over {values} values"
 
 
 def canary_jpeg() -> bytes:

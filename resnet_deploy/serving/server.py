@@ -304,6 +304,7 @@ class ModelServer:
                 self.served.metadata,
                 {"http": self._local_url("http"), "grpc": self._local_url("grpc")},
                 self.name,
+                self.served.config.max_batch_size,
                 self.endpoints.image_model_name,
                 self.options.top_k,
             )
