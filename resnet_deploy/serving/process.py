@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import time
 import urllib.error
 import urllib.request
 from contextlib import suppress
@@ -28,6 +29,7 @@ from pathlib import Path
 from resnet_deploy.errors import InputError, ResnetDeployError
 
 SHM_DIR = Path("/dev/shm")
+GROUP_EXIT_S = 10.0  # for killed processes to be gone: SIGKILL takes effect in milliseconds
 
 
 class ServeError(ResnetDeployError):
@@ -209,14 +211,36 @@ def launch_tritonserver(
     )
 
 
-def end_process_group(process: subprocess.Popen) -> None:
-    """Kill what is left of tritonserver's process group once tritonserver has exited.
+def end_process_group(process: subprocess.Popen, timeout_s: float = GROUP_EXIT_S) -> None:
+    """Kill what is left of tritonserver's process group once tritonserver has exited, and wait
+    until none of it runs.
 
     Stopped while it loads its models, tritonserver exits without stopping the stubs it has
-    started; they are left to init, holding memory and ports' worth of threads, for good.
+    started; they are left to init, holding memory and ports' worth of threads, for good. The
+    wait makes the shared-memory cleanup that follows final: a stub killed while it creates a
+    region would otherwise create it after the cleanup, and leave it.
     """
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def group_members(group: int) -> list[int]:
+    """The processes of process group ``group`` that still run (zombies aside)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        state, process_group = fields[0], int(fields[2])
+        if process_group == group and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
 
 
 def _terminate_with_parent() -> None:
