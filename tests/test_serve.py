@@ -49,7 +49,7 @@ from resnet_deploy.predict import PredictOptions, predict
 from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.providers import SessionConfig, create_session
 from resnet_deploy.serving import server as server_module
-from resnet_deploy.serving.backend import decode_image
+from resnet_deploy.serving.backend import decode_image, imported_packages
 from resnet_deploy.serving.config import parse_config
 from resnet_deploy.serving.process import log_cause, tritonserver_environment, tritonserver_files
 from resnet_deploy.serving.repository import TritonOptions, write_model_repository
@@ -543,9 +543,11 @@ def test_repository_carries_the_session_settings(r18, tmp_path):
     tensor = parse_config((repo / "resnet18" / "config.pbtxt").read_text())
     image = parse_config((repo / "resnet18_image" / "config.pbtxt").read_text())
     for config, kind in ((tensor, "tensor"), (image, "image")):
-        values = {key: value.string_value for key, value in config.parameters.items()}
+        assert not config.parameters  # the server's paths are not for clients to read
+        values = json.loads((repo / config.name / "1" / "instance.json").read_text())
         assert values["model_path"] == str(r18.resolve()) and values["kind"] == kind
-        session = json.loads(values["session"])
+        assert values["packages"] == imported_packages()
+        session = values["session"]
         assert session["intra_op_threads"] == 1
         assert session["session_config_entries"] == {SPINNING: "0"}  # serve's default
 
@@ -559,8 +561,7 @@ def test_repository_carries_the_session_settings(r18, tmp_path):
     labels = (repo / "resnet18" / "labels.txt").read_text().splitlines()
     assert labels == list(imagenet_classes())
     spinning = ModelServer(r18, ServeOptions(spin=True)).write_repository(tmp_path / "spin")
-    config = parse_config((spinning / "resnet18" / "config.pbtxt").read_text())
-    session = json.loads(config.parameters["session"].string_value)
+    session = json.loads((spinning / "resnet18" / "1" / "instance.json").read_text())["session"]
     assert session["session_config_entries"] == {SPINNING: "1"}
 
 

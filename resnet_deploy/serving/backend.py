@@ -6,10 +6,11 @@ goes from Triton's dynamic batcher to the session through the stub's shared memo
 else: no second process and no proxy, which is what keeps the serving overhead a few
 milliseconds on a small CPU (PyTriton's proxy cost about 7 ms a request here; see the README).
 
-Everything the instance needs comes from its config's ``parameters``: the ONNX file, the session
-settings, and ``kind``: ``tensor`` (the model's own tensors) or ``image`` (encoded image bytes
-in, top-k classes out, one ``error`` string a row so that one client's bad file does not fail
-the others batched with it). The stub imports this module, so it stays free of torch.
+Everything the instance needs comes from ``instance.json`` beside its ``model.py`` (not from
+the config, which any client can read): the ONNX file, the session settings, and ``kind``:
+``tensor`` (the model's own tensors) or ``image`` (encoded image bytes in, top-k classes out,
+one ``error`` string a row so that one client's bad file does not fail the others batched with
+it). The stub imports this module, so it stays free of torch.
 
 Two checks guard against answers that look served but are not the model's. ``initialize``
 refuses to load an instance whose Python, numpy, onnxruntime or resnet_deploy is not the one
@@ -43,6 +44,7 @@ from resnet_deploy.runtime.providers import SessionConfig, create_session, input
 IMAGE_INPUT = "image"
 IMAGE_OUTPUTS = ("classes", "class_indices", "probabilities", "error")
 CHECKED_PACKAGES = ("numpy", "onnxruntime", "resnet_deploy")
+INSTANCE_FILE = "instance.json"
 
 
 class BackendError(RuntimeError):
@@ -73,27 +75,27 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = Path(args["model_repository"]) / args["model_version"]
+        settings = json.loads((folder / INSTANCE_FILE).read_text())
         self.name = config["name"]
-        mismatch = package_mismatch(json.loads(parameters["packages"]), imported_packages())
+        mismatch = package_mismatch(settings["packages"], imported_packages())
         if mismatch:
             raise BackendError(f"model {self.name}: this instance imported {mismatch}")
         self.declared = {o["name"]: declared_output(o, config) for o in config["output"]}
-        model = read_model(Path(parameters["model_path"]))  # once: the session and metadata
+        model = read_model(Path(settings["model_path"]))  # once: the session and metadata
         # the SessionConfig `serve` built, so the stub's session is the one it checked
-        session_config = SessionConfig(**json.loads(parameters["session"]))
+        session_config = SessionConfig(**settings["session"])
         self.session = create_session(model, session_config)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.dtype = input_dtype(self.session)
-        self.kind = parameters["kind"]
+        self.kind = settings["kind"]
         self.batching = config.get("max_batch_size", 0) > 0
         if self.kind == "image":
             self.metadata = model.metadata
-            self.top_k = int(parameters["top_k"])
-            fixed = int(parameters["fixed_batch"])
-            self.fixed_batch = fixed or None
-            self.max_rows = int(parameters["max_rows"])
+            self.top_k = settings["top_k"]
+            self.fixed_batch = settings["fixed_batch"] or None
+            self.max_rows = settings["max_rows"]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils

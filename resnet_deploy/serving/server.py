@@ -50,7 +50,12 @@ from resnet_deploy.runtime.int8target import require_target
 from resnet_deploy.runtime.names import SPINNING
 from resnet_deploy.runtime.placement import check_placement
 from resnet_deploy.runtime.providers import SessionConfig, create_session, resolve_provider
-from resnet_deploy.serving.backend import IMAGE_INPUT, IMAGE_OUTPUTS, imported_packages
+from resnet_deploy.serving.backend import (
+    IMAGE_INPUT,
+    IMAGE_OUTPUTS,
+    INSTANCE_FILE,
+    imported_packages,
+)
 from resnet_deploy.serving.canary import CanaryReport, run_canary
 from resnet_deploy.serving.config import (
     LABELS_FILE,
@@ -330,10 +335,10 @@ class ModelServer:
     def write_repository(self, repository: Path) -> Path:
         """The models as Triton's Python backend runs them (see serving.backend)."""
         options = self.options
-        parameters = {
+        settings = {
             "model_path": str(self.model_path),
-            "session": json.dumps(asdict(self._session_config())),
-            "packages": json.dumps(imported_packages()),  # each instance checks its own
+            "session": asdict(self._session_config()),
+            "packages": imported_packages(),  # each instance checks its own
         }
         config = mc.ModelConfig()
         config.CopyFrom(self.served.config)
@@ -341,15 +346,15 @@ class ModelServer:
         config.backend = "python"
         if config.max_batch_size > 0:
             config.dynamic_batching.default_queue_policy.max_queue_size = options.max_queue_size
-        models = [(config, {**parameters, "kind": "tensor"})]
+        models = [(config, {**settings, "kind": "tensor"})]
         if self._serves_images():
-            models.append((self._image_config(), {**parameters, **self._image_parameters()}))
+            models.append((self._image_config(), {**settings, **self._image_settings()}))
         for model_config, values in models:
-            for key, value in values.items():
-                model_config.parameters[key].string_value = value
             folder = repository / model_config.name
             (folder / "1").mkdir(parents=True)
             (folder / "1" / "model.py").write_text(BACKEND_STUB_SOURCE)
+            # beside model.py, not in the config, which any client can read
+            (folder / "1" / INSTANCE_FILE).write_text(json.dumps(values, indent=2))
             (folder / "config.pbtxt").write_text(render_config(model_config, str(self.model_path)))
             if any(output.label_filename for output in model_config.output):
                 (folder / LABELS_FILE).write_text(labels_file_text())
@@ -373,12 +378,12 @@ class ModelServer:
     def _image_rows(self) -> int:
         return self.served.config.max_batch_size or self.served.fixed_batch or 1
 
-    def _image_parameters(self) -> dict[str, str]:
+    def _image_settings(self) -> dict[str, object]:
         return {
             "kind": "image",
-            "top_k": str(self.options.top_k),
-            "fixed_batch": str(self.served.fixed_batch or 0),
-            "max_rows": str(self._image_rows()),
+            "top_k": self.options.top_k,
+            "fixed_batch": self.served.fixed_batch or 0,
+            "max_rows": self._image_rows(),
         }
 
     @property
