@@ -165,9 +165,7 @@ def wait_ready(server: ServedProcess, timeout_s: float = START_TIMEOUT_S) -> boo
     deadline = time.monotonic() + timeout_s
     models = [m for m in (server.name, server.image_name) if m]
     said = f"serving {server.name} (ready in"
-    while not (
-        said in server.stdout() + server.stderr() and all(server.ready(m) for m in models)
-    ):
+    while not (said in server.stdout() + server.stderr() and all(server.ready(m) for m in models)):
         if server.process.poll() is not None:
             return False
         if time.monotonic() > deadline:

@@ -8,7 +8,6 @@ flight. Every request loop is bounded in count and time.
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import re
 import signal
@@ -24,13 +23,17 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from click.testing import CliRunner
-from PIL import Image
 from serving import (  # tests/ is on sys.path under pytest's default import mode
+    CLIENT_TIMEOUT_S,
     ServedProcess,
     assert_clean_exit,
+    classify,
     count_model_reads,
     descendants,
     free_ports,
+    grpc_infer,
+    http_infer,
+    jpeg,
     leftovers,
     running_server,
     serve_command,
@@ -56,7 +59,6 @@ from resnet_deploy.serving.repository import TritonOptions, write_model_reposito
 from resnet_deploy.serving.server import ModelServer, ServeOptions, check_options
 
 ATOL = 1e-4  # the same ONNX Runtime on the same inputs; batching may change summation order
-CLIENT_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -82,28 +84,6 @@ def server(r18: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def batch(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((size, 3, 224, 224), np.float32)
-
-
-def http_infer(server: ServedProcess, x: np.ndarray, binary: bool = True) -> np.ndarray:
-    client = httpclient.InferenceServerClient(server.http_address, network_timeout=CLIENT_TIMEOUT_S)
-    try:
-        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=binary)
-        output = httpclient.InferRequestedOutput("logits", binary_data=binary)
-        return client.infer(server.name, [tensor], outputs=[output]).as_numpy("logits")
-    finally:
-        client.close()
-
-
-def grpc_infer(server: ServedProcess, x: np.ndarray) -> np.ndarray:
-    client = grpcclient.InferenceServerClient(server.grpc_address)
-    try:
-        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x)
-        result = client.infer(server.name, [tensor], client_timeout=CLIENT_TIMEOUT_S)
-        return result.as_numpy("logits")
-    finally:
-        client.close()
 
 
 def metric(server: ServedProcess, name: str, model: str) -> float:
@@ -149,26 +129,6 @@ def binary_request(shape: list[int]) -> tuple[bytes, dict[str, str]]:
     tensor["parameters"] = {"binary_data_size": len(data)}
     header = json.dumps({"inputs": [tensor]}).encode()
     return header + data, {"Inference-Header-Content-Length": str(len(header))}
-
-
-def jpeg(seed: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="JPEG")
-    return out.getvalue()
-
-
-def classify(server: ServedProcess, images: list[bytes]) -> dict[str, np.ndarray]:
-    client = httpclient.InferenceServerClient(server.http_address, network_timeout=CLIENT_TIMEOUT_S)
-    try:
-        data = np.array([[image] for image in images], dtype=object)
-        tensor = httpclient.InferInput("image", list(data.shape), "BYTES")
-        tensor.set_data_from_numpy(data)
-        result = client.infer(server.image_name, [tensor])
-        names = ("classes", "class_indices", "probabilities", "error")
-        return {name: result.as_numpy(name) for name in names}
-    finally:
-        client.close()
 
 
 def in_threads(count: int, work: Callable[[int], object]) -> list[object]:

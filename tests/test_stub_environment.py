@@ -37,6 +37,7 @@ from resnet_deploy.serving.backend import (
 )
 from resnet_deploy.serving.process import (
     ServeError,
+    check_stub_numpy,
     shared_memory_segments,
     tritonserver_environment,
     tritonserver_files,
@@ -172,3 +173,14 @@ def test_declared_output_adds_the_batch_dimension_when_triton_batches():
     output = {"name": "logits", "data_type": "TYPE_FP32", "dims": ["1000"]}
     assert declared_output(output, {"max_batch_size": 8}).dims == (-1, 1000)
     assert declared_output(output, {"max_batch_size": 0}).dims == (1000,)
+
+
+def test_a_numpy_the_stub_misreads_is_refused_before_any_server(monkeypatch):
+    """numpy 2 (e.g. first on PYTHONPATH) made the stub send empty tensors: refused up front."""
+    check_stub_numpy()  # this environment's numpy is in PyTriton's range
+    monkeypatch.setattr(np, "__version__", "2.4.6")
+    with pytest.raises(ServeError) as raised:
+        check_stub_numpy()
+    message = str(raised.value)
+    assert message.startswith(f"numpy 2.4.6 (from {Path(np.__file__).parent}) is outside")
+    assert "nvidia-pytriton" in message and "numpy<2" in message and "empty tensors" in message

@@ -10,6 +10,7 @@ never outlives a ``serve`` that was killed.
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -26,9 +27,12 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from resnet_deploy.errors import InputError, ResnetDeployError
 
 SHM_DIR = Path("/dev/shm")
+PYTRITON = "nvidia-pytriton"  # the distribution that ships tritonserver and its stubs
 GROUP_EXIT_S = 10.0  # for killed processes to be gone: SIGKILL takes effect in milliseconds
 
 
@@ -122,6 +126,27 @@ PYTHON_PATH_VARIABLES = (
     "__PYVENV_LAUNCHER__",
 )
 PATHS_MODULE = "_resnet_deploy_stub_paths"
+
+
+def check_stub_numpy() -> None:
+    """Refuse a numpy outside the range PyTriton declares for its Python-backend stub.
+
+    The stub's C++ reads numpy arrays with numpy 1's memory layout: under numpy 2 it sent every
+    output as an empty tensor, with status 200 (measured with PyTriton 0.7.0's build). Its wheel
+    requires numpy<2, but PYTHONPATH or a later install can still put numpy 2 first, and the
+    stub imports what this process imports.
+    """
+    import numpy
+
+    for line in importlib.metadata.requires(PYTRITON) or []:
+        requirement = Requirement(line)
+        if requirement.name == "numpy" and numpy.__version__ not in requirement.specifier:
+            raise ServeError(
+                f"numpy {numpy.__version__} (from {Path(numpy.__file__).parent}) is outside "
+                f"{PYTRITON} {importlib.metadata.version(PYTRITON)}'s {requirement}: its "
+                "Python-backend stub would answer with empty tensors; put a numpy in that "
+                "range first (check PYTHONPATH)"
+            )
 
 
 def write_stub_interpreter(folder: Path) -> Path:

@@ -73,6 +73,7 @@ from resnet_deploy.serving.process import (
     Listen,
     ServeError,
     check_ports_free,
+    check_stub_numpy,
     end_process_group,
     launch_tritonserver,
     log_cause,
@@ -278,6 +279,7 @@ class ModelServer:
         it (KeyboardInterrupt). A canary that disagrees stops the server (CanaryError)."""
         started = time.perf_counter()
         engine = tritonserver_files()
+        check_stub_numpy()
         check_ports_free(self.options.listen)
         # One session here first: a file ONNX Runtime cannot load or a provider that is not
         # there is the user's one-line error now, not a traceback in Triton's log later.
