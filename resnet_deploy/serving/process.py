@@ -3,8 +3,10 @@ reading its log, and the shared memory its Python-backend stubs leave.
 
 What the Triton build leaves to its user is handled here: the stub loads ``libpython3.X.so``
 by soname, so an interpreter built elsewhere (pyenv, conda) gets the system's library unless
-its own LIBDIR comes first on the loader path; and the child is tied to this process, so it
-never outlives a ``serve`` that was killed.
+its own LIBDIR comes first on the loader path; the stub finds its Python's prefix through the
+first ``python3`` on PATH, so it gets a folder of ours naming this interpreter and its
+``sys.path`` (``write_stub_interpreter``); and the child is tied to this process, so it never
+outlives a ``serve`` that was killed.
 """
 
 from __future__ import annotations
