@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 
 from resnet_deploy.model import onnxfile
+from resnet_deploy.runtime.providers import SessionConfig, create_session
 from resnet_deploy.serving.process import shared_memory_segments, shm_prefix
 
 HOST = "127.0.0.1"
@@ -310,6 +311,12 @@ def classify(server: ServedProcess, images: list[bytes]) -> dict[str, np.ndarray
         return {name: result.as_numpy(name) for name in names}
     finally:
         client.close()
+
+
+def in_process(model: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """ONNX Runtime in this process on ``model``: the logits a server must answer a batch with."""
+    session = create_session(model, SessionConfig())
+    return lambda batch: session.run(["logits"], {"input": batch})[0]
 
 
 def descendants(pid: int) -> list[int]:

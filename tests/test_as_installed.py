@@ -20,7 +20,6 @@ import json
 import shutil
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from serving import (
     classify,
     grpc_infer,
     http_infer,
+    in_process,
     jpeg,
     launch_server,
     leftovers,
@@ -48,7 +48,6 @@ from serving import (
 )
 
 from resnet_deploy.predict import PredictOptions, predict
-from resnet_deploy.runtime.providers import SessionConfig, create_session
 from tests.helpers import ATOL, RTOL, images
 
 pytestmark = pytest.mark.slow
@@ -106,12 +105,6 @@ def model(user_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     return folder / "r18.onnx"
 
 
-def logits(model: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """ONNX Runtime in this process on ``model``: the answers a server must give."""
-    session = create_session(model, SessionConfig())
-    return lambda batch: session.run(["logits"], {"input": batch})[0]
-
-
 def test_verify_as_users_run_it(model: Path, user_env: dict[str, str], tmp_path: Path) -> None:
     args = ["verify", model, "--batch-sizes", "1", "--samples", "2", "--json", "verify.json"]
     run_cli(dev_script(), *args, env=user_env, cwd=tmp_path)
@@ -153,7 +146,7 @@ def test_serve_as_users_run_it(
         model, program=program, env=environment, cwd=tmp_path, stop_signal=stop_signal
     ) as server:
         x = images(2).numpy()
-        expected = logits(model)(x)
+        expected = in_process(model)(x)
         np.testing.assert_allclose(http_infer(server, x), expected, atol=ATOL, rtol=RTOL)
         np.testing.assert_allclose(grpc_infer(server, x), expected, atol=ATOL, rtol=RTOL)
         photo = tmp_path / "photo.jpg"
@@ -215,4 +208,6 @@ def test_the_wheel_installed_as_users_do_runs_and_serves(
     model = tmp_path / "out" / "model.onnx"
     with running_server(model, program=[str(script)], env=user_env, cwd=tmp_path) as server:
         x = images(2).numpy()
-        np.testing.assert_allclose(http_infer(server, x), logits(model)(x), atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(
+            http_infer(server, x), in_process(model)(x), atol=ATOL, rtol=RTOL
+        )

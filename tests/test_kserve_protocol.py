@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from serving import (  # tests/ is on sys.path under pytest's default import mode
     CLIENT_TIMEOUT_S,
     ServedProcess,
+    in_process,
     running_server,
 )
 from tritonclient.grpc import model_config_pb2 as mc
@@ -61,8 +62,7 @@ def server(r18: Path):
 @pytest.fixture(scope="module")
 def logits(r18: Path):
     """ONNX Runtime in process: the logits of a batch, to compare served answers with."""
-    session = create_session(r18, SessionConfig())
-    return lambda batch: session.run(["logits"], {"input": batch})[0]
+    return in_process(r18)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from serving import (  # tests/ is on sys.path under pytest's default import mod
     free_ports,
     grpc_infer,
     http_infer,
+    in_process,
     jpeg,
     leftovers,
     running_server,
@@ -63,8 +64,7 @@ ATOL = 1e-4  # the same ONNX Runtime on the same inputs; batching may change sum
 
 @pytest.fixture(scope="module")
 def reference(r18: Path) -> Callable[[np.ndarray], np.ndarray]:
-    session = create_session(r18, SessionConfig())
-    return lambda batch: session.run(["logits"], {"input": batch})[0]
+    return in_process(r18)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from PIL import Image
 from serving import (  # tests/ is on sys.path under pytest's default import mode
     CLIENT_TIMEOUT_S,
     ServedProcess,
+    in_process,
     jpeg,
     running_server,
 )
@@ -35,7 +36,6 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 pytest.importorskip("pytriton", reason="serve needs the [serve] extra (PyTriton)")
 
 from resnet_deploy.model.labels import imagenet_classes
-from resnet_deploy.runtime.providers import SessionConfig, create_session
 from resnet_deploy.serving.config import TensorSpec, TritonOptions, build_config, resolve_batching
 
 ATOL = 1e-4  # the same ONNX Runtime on the same tensor; batching may change summation order
@@ -53,8 +53,7 @@ def server(r18: Path):
 @pytest.fixture(scope="module")
 def logits(r18: Path):
     """ONNX Runtime in process: the logits of a batch, to compare served answers with."""
-    session = create_session(r18, SessionConfig())
-    return lambda batch: session.run(["logits"], {"input": batch})[0]
+    return in_process(r18)
 
 
 @pytest.fixture
