@@ -22,8 +22,10 @@ The model file is read once, when the server is made, and that one ModelFile giv
 the int8 target check and the ONNX Runtime session checked before Triton starts (the stubs, in
 their own processes, read it again). The tritonserver process itself (its build, environment,
 log and shared memory) is ``serving.process``. ``/v2/health/ready`` answers before the models
-are loaded, so readiness is each model's own endpoint; and both SIGINT and SIGTERM end in the
-same drain: Triton stops taking requests, finishes those in flight, then exits.
+are loaded, so readiness is each model's own endpoint, and then the canary (``serving.canary``):
+`serve` says ready only once every endpoint answered as in-process ONNX Runtime does. Both
+SIGINT and SIGTERM end in the same drain: Triton stops taking requests, finishes those in
+flight, then exits.
 """
 
 from __future__ import annotations
