@@ -33,7 +33,13 @@ from resnet_deploy.files import STDOUT
 @click.argument("model", type=MODEL_FILE)
 @name_option("Model name [default: as `triton` names it].")
 @provider_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; any other than loopback opens the models to the network, "
+    "without authentication.",
+)
 @click.option("--http-port", type=PORT, default=8000, show_default=True)
 @click.option("--grpc-port", type=PORT, default=8001, show_default=True)
 @click.option("--metrics-port", type=PORT, default=8002, show_default=True)
@@ -52,7 +58,7 @@ from resnet_deploy.files import STDOUT
 @top_option("Image k.", name="top_k")
 @click.option(
     "--drain-timeout-s",
-    type=Number(int, 0, 3600),
+    type=Number(int, 1, 3600),
     default=20,
     show_default=True,
     help="On SIGINT/SIGTERM, longest wait for in-flight requests.",

@@ -16,12 +16,14 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import site
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,17 +31,33 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from packaging.requirements import Requirement
 
-from resnet_deploy.errors import InputError, ResnetDeployError
+from resnet_deploy.errors import InputError, ResnetDeployError, ToolFailure
 
 SHM_DIR = Path("/dev/shm")
 PYTRITON = "nvidia-pytriton"  # the distribution that ships tritonserver and its stubs
+STUB_NAME = "triton_python_backend_stub"
+SERVE_FOLDER = "resnet-deploy-serve-"  # then the serving process's pid (see sweep_leftovers)
 GROUP_EXIT_S = 10.0  # for killed processes to be gone: SIGKILL takes effect in milliseconds
 
 
 class ServeError(ResnetDeployError):
-    """The server could not start or stopped on its own; the message gives the cause."""
+    """The server could not start; the message gives the cause."""
+
+
+class ServerFailure(ToolFailure):
+    """tritonserver or one of its model instances stopped while serving; the message says which
+    and how (the signal, or the exit code)."""
+
+
+@dataclass(frozen=True)
+class Stub:
+    """One Python-backend stub: a model instance in its own process."""
+
+    pid: int
+    model: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,17 @@ class Listen:
     http_port: int
     grpc_port: int
     metrics_port: int
+
+    @property
+    def grpc_host(self) -> str:
+        """The host as Triton's gRPC server takes it: it appends ":PORT", so IPv6 is bracketed."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def evhtp_host(self) -> str:
+        """The host as Triton's HTTP and metrics servers (libevhtp) take it: an IPv6 address is
+        marked ``ipv6:``, or it is read as an IPv4 name and bound to 255.255.255.255."""
+        return f"ipv6:{self.host}" if ":" in self.host else self.host
 
     @property
     def ports(self) -> dict[str, int]:
@@ -216,11 +245,11 @@ def launch_tritonserver(
         f"--model-repository={repository}",
         f"--backend-directory={backends.parent}",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix(os.getpid())}",
-        f"--http-address={listen.host}",
+        f"--http-address={listen.evhtp_host}",
         f"--http-port={listen.http_port}",
-        f"--grpc-address={listen.host}",
+        f"--grpc-address={listen.grpc_host}",
         f"--grpc-port={listen.grpc_port}",
-        f"--metrics-address={listen.host}",
+        f"--metrics-address={listen.evhtp_host}",
         f"--metrics-port={listen.metrics_port}",
         "--allow-gpu-metrics=false",
         f"--exit-timeout-secs={exit_timeout_s}",
@@ -270,6 +299,37 @@ def group_members(group: int) -> list[int]:
     return members
 
 
+def group_stubs(group: int) -> list[Stub]:
+    """The Python-backend stubs running in process group ``group`` (tritonserver's)."""
+    stubs = []
+    for pid in group_members(group):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # a stub's arguments: its model.py (MODEL/VERSION/model.py), its shared memory, ...
+        if Path(argv[0].decode(errors="replace")).name == STUB_NAME and len(argv) > 2:
+            model = Path(argv[1].decode(errors="replace")).parent.parent.name
+            stubs.append(Stub(pid, model))
+    return stubs
+
+
+def how_it_ended(pid: int) -> str | None:
+    """How process ``pid`` ended ("was killed by SIGKILL", "exited with code 1"), or None while
+    it runs. A stub that ends stays a zombie until tritonserver collects it, and its wait status
+    is readable until then; after that only "ended" is known."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "ended"
+    if fields[0] not in ("Z", "X"):
+        return None
+    status = int(fields[-1])  # the wait status, as waitpid gives it
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"
+
+
 def _terminate_with_parent() -> None:
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -308,6 +368,51 @@ def model_ready(url: str) -> bool:
         with urllib.request.urlopen(url, timeout=2.0) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
+        return False
+
+
+def serve_folder_prefix(pid: int) -> str:
+    """How the temporary folder of a server started by ``pid`` is named (repository, log)."""
+    return f"{SERVE_FOLDER}{pid}-"
+
+
+def sweep_leftovers() -> list[str]:
+    """Remove what servers whose `serve` was killed left: their stubs, shared memory and folders.
+
+    SIGKILL gives `serve` no chance to clean up; tritonserver follows it (its parent-death
+    signal), but may leave its stubs running, and the folder and shared-memory regions stay.
+    Each carries the PID of the `serve` that made it, so only a dead one's are touched.
+    """
+    owner = re.compile(r"resnet-deploy-(?:serve-)?(\d+)-")
+    found: dict[int, list[str]] = {}
+    folders = Path(tempfile.gettempdir()).glob(f"{SERVE_FOLDER}*")
+    for path in [*folders, *SHM_DIR.glob("resnet-deploy-*")]:
+        match = owner.match(path.name)
+        if match and not _running(int(match[1])):
+            found.setdefault(int(match[1]), []).append(str(path))
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    for process in psutil.process_iter(["cmdline"]):
+        argv = process.info["cmdline"] or []
+        if argv and Path(argv[0]).name == STUB_NAME and len(argv) > 2:
+            match = owner.match(argv[2])  # the stub's shared-memory region
+            if match and not _running(int(match[1])):
+                with suppress(psutil.Error):
+                    process.kill()
+                found.setdefault(int(match[1]), []).append(f"stub pid {process.pid}")
+    return [
+        f"removed what a killed serve (pid {pid}) left: {len(items)} stub(s), folder(s) and "
+        "shared-memory region(s)"
+        for pid, items in found.items()
+    ]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 

@@ -30,6 +30,7 @@ flight, then exits.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet_deploy.errors import InputError
+from resnet_deploy.errors import InputError, NumericsError
 from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.model.metadata import ModelMetadata
 from resnet_deploy.model.onnxfile import ModelFile, read_model
@@ -74,13 +75,19 @@ from resnet_deploy.serving.process import (
     BACKEND_STUB_SOURCE,
     Listen,
     ServeError,
+    ServerFailure,
+    Stub,
     check_ports_free,
     check_stub_numpy,
     end_process_group,
+    group_stubs,
+    how_it_ended,
     launch_tritonserver,
     log_cause,
     model_ready,
     remove_shared_memory,
+    serve_folder_prefix,
+    sweep_leftovers,
     tritonserver_files,
 )
 from resnet_deploy.steps import Progress, no_progress
@@ -89,6 +96,11 @@ IMAGE_SUFFIX = "_image"
 DEFAULT_MAX_QUEUE_SIZE = 128
 DEFAULT_TOP_K = 5
 POLL_S = 0.2
+WATCH_S = 1.0  # how often a running server's processes are looked at
+EXPOSED = (
+    "inference, model metadata and metrics are open to the network without authentication; "
+    "put an authenticating proxy in front, or listen on 127.0.0.1"
+)
 STOP_MARGIN_S = 30.0  # beyond the drain: unloading the models and their stubs
 
 
@@ -133,6 +145,8 @@ class Endpoints:
 
 class CanaryError(ServeError):
     """The served model answered the canary differently from in-process ONNX Runtime."""
+
+    exit_code = NumericsError.exit_code  # the numbers disagree
 
     def __init__(self, report: CanaryReport):
         super().__init__(
@@ -239,8 +253,11 @@ class ModelServer:
         self.options = options
         self.served = served_model(self.model_file, options)
         self.notes: list[str] = list(self.served.warnings)
+        if not loopback(options.host):
+            self.notes.append(EXPOSED)
         self.startup_s = 0.0
         self.canary: CanaryReport | None = None  # once started: what the endpoints answered
+        self._stubs: list[Stub] = []  # the model instances' processes, once started
         self._process: subprocess.Popen | None = None
         self._folder: Path | None = None
         self._started_at = 0.0
@@ -294,7 +311,8 @@ class ModelServer:
                 f"{self.model_path} has no resnet-deploy metadata: no image model, since its "
                 "preprocessing is unknown"
             )
-        self._folder = Path(tempfile.mkdtemp(prefix="resnet-deploy-serve-"))
+        self.notes += sweep_leftovers()
+        self._folder = Path(tempfile.mkdtemp(prefix=serve_folder_prefix(os.getpid())))
         try:
             repository = self.write_repository(self._folder / "models")
             progress(f"start tritonserver ({self.options.instances} instance(s) a model)")
@@ -319,6 +337,7 @@ class ModelServer:
             )
             if not self.canary.passed:
                 raise CanaryError(self.canary)
+            self._stubs = group_stubs(self._process.pid)
             if cancel is not None and cancel.is_set():
                 raise KeyboardInterrupt  # a signal during the canary
         except BaseException:
@@ -431,10 +450,25 @@ class ModelServer:
         text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
         return log_cause(text) or fallback
 
-    def alive(self) -> bool:
-        """tritonserver is running: the process, not a request, so that watching the server
-        adds nothing to its queues (a model that fails later answers its clients itself)."""
-        return self._process is not None and self._process.poll() is None
+    def failure(self) -> str | None:
+        """Why the server no longer serves every model, or None.
+
+        tritonserver's process and each model instance's stub are watched, not the endpoints:
+        watching adds nothing to the queues, and a killed stub left Triton answering every
+        request with "Stub process ... is not healthy" while all its ready endpoints said 200.
+        """
+        if self._process is None:
+            return "tritonserver is not running"
+        code = self._process.poll()
+        if code is not None:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+            logged = self._cause("")
+            return f"tritonserver {how}" + (f" ({logged})" if logged else "")
+        for stub in self._stubs:
+            ended = how_it_ended(stub.pid)
+            if ended:
+                return f"model {stub.model}'s instance (stub pid {stub.pid}) {ended}"
+        return None
 
     def stop(self) -> None:
         """Drain and stop tritonserver, then remove what it left.
@@ -483,9 +517,11 @@ def serve(
         endpoints = server.start(progress, cancel=stop)
         on_ready(server)
         stopped_by = ""
-        while not stop.wait(1.0):
-            if not server.alive():
-                stopped_by = "tritonserver stopped on its own: " + server._cause("no cause logged")
+        while not stop.wait(WATCH_S):
+            failure = server.failure()
+            if failure:
+                stopped_by = failure
+                progress(f"{failure}: stopping everything")
                 break
         if received:
             stopped_by = received[0]
@@ -509,7 +545,7 @@ def serve(
         notes=server.notes,
     )
     if not received:
-        raise ServeError(stopped_by)
+        raise ServerFailure(f"{stopped_by}; serve stopped the server and exits")
     return result
 
 
@@ -523,8 +559,20 @@ def format_ready(server: ModelServer) -> str:
         lines.append(f"  images   {endpoints.http_url}/v2/models/{endpoints.image_model_name}")
     if server.canary is not None:
         lines.append(server.canary.summary())
+    if not loopback(server.options.host):
+        lines.append(f"warning: {EXPOSED}")
     lines.append("Stop with Ctrl-C or SIGTERM (in-flight requests finish first).")
     return "\n".join(lines)
+
+
+def loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (a name other than localhost counts as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def format_result(result: ServeResult) -> str:
