@@ -35,11 +35,13 @@ from resnet_deploy.perf.timing import (
 )
 from resnet_deploy.report.records import format_table
 from resnet_deploy.serving.client import (
+    BadAnswer,
     EndpointModel,
     EndpointOptions,
     ModelClient,
     check_endpoint,
     connect,
+    redact_url,
     time_requests,
 )
 from resnet_deploy.steps import Progress, no_progress
@@ -62,7 +64,7 @@ class ServingOverhead:
 
 @dataclass
 class RemoteBenchReport:
-    url: str
+    url: str  # as messages show it (redact_url)
     model: EndpointModel  # what the endpoint says it serves
     concurrency: int
     options: BenchOptions
@@ -87,7 +89,7 @@ def bench_endpoint(
     check_endpoint(endpoint)
     model_file = None if model_path is None else read_model(model_path, require_metadata=True)
     metadata = None if model_file is None else model_file.metadata
-    progress(f"reading the model's metadata from {endpoint.url}")
+    progress(f"reading the model's metadata from {redact_url(endpoint.url)}")
     model = connect(endpoint, default_name=metadata.arch if metadata else None)
     if metadata is not None and metadata.image_size != model.image_size:
         raise InputError(
@@ -95,7 +97,7 @@ def bench_endpoint(
             f"{model.name} {model.image_size}x{model.image_size}: not the same model"
         )
     report = RemoteBenchReport(
-        url=endpoint.url,
+        url=model.url,
         model=model,
         concurrency=endpoint.concurrency or 1,
         options=options,
@@ -111,6 +113,8 @@ def bench_endpoint(
         result = BatchResult(batch_size=batch, provider=provider)
         try:
             _bench_batch(report, result, endpoint.timeout_s, progress)
+        except BadAnswer:  # the server answers garbage: nothing it says can be timed
+            raise
         except ResnetDeployError as exc:  # one batch size refused (too large, queue full)
             result.error = str(exc)
             progress(f"batch {batch}: failed: {result.error}")
