@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import DdsImagePlugin, EpsImagePlugin, Image, ImageFile, PsdImagePlugin
 
 from resnet_deploy.data import images
 from resnet_deploy.data.images import list_images, load_batch, load_image
@@ -123,15 +124,23 @@ def test_truncated_and_fake_images_name_the_file(tmp_path: Path) -> None:
         load_image(fake, 32)
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A 65-byte PNG that claims ``width`` x ``height`` RGB pixels and holds none."""
+def png_header(
+    width: int, height: int, *, sixteen_bit_grey: bool = False, whole: bool = False
+) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels, 8-bit RGB or 16-bit greyscale: 65 bytes
+    holding no pixel, or with ``whole`` every (black) row, compressed as a real file would be."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data)
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    depth, colour, row_bytes = (16, 0, 2 * width) if sixteen_bit_grey else (8, 2, 3 * width)
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    packer = zlib.compressobj(9)
+    row = bytes(1 + row_bytes)  # filter type 0, then the row
+    pixels = b"".join(packer.compress(row) for _ in range(height if whole else 0))
+    pixels += packer.flush()
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + chunks
 
 
@@ -201,3 +210,116 @@ def test_load_batch_is_nchw(tmp_path: Path) -> None:
     batch = load_batch(paths, 32)
     assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
     assert_colour(batch[1], BLUE)
+
+
+def refuse_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make decoding any pixel a test failure: limits must act on the header alone."""
+
+    def no_load(self: object) -> None:
+        raise AssertionError("pixels decoded before the size was checked")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
+
+
+def test_the_pixel_limit_is_exact_and_checked_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), RED).save(path)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 40 * 30)
+    assert_colour(load_image(path, 16), RED)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 40 * 30 - 1)
+    refuse_decoding(monkeypatch)
+    with pytest.raises(InputError) as refused:
+        load_image(path, 16)
+    assert str(refused.value) == (
+        f"{path}: a 40x30 image (0.0 megapixels) is over the limit of 0.0 megapixels an image; "
+        "scale it down"
+    )
+
+
+def test_a_16_bit_12000x12000_png_is_refused_from_its_header(tmp_path: Path, monkeypatch) -> None:
+    # The issue's file: 280 KB that decoded for 11 s into a 4 GB peak.
+    path = tmp_path / "huge16.png"
+    path.write_bytes(png_header(12000, 12000, sixteen_bit_grey=True, whole=True))
+    assert path.stat().st_size < 400_000
+    refuse_decoding(monkeypatch)
+    with pytest.raises(
+        InputError, match=r"12000x12000 image \(144.0 megapixels\) is over the limit"
+    ):
+        load_image(path, 224)
+
+
+def test_a_budget_pays_for_headers_in_order(tmp_path: Path) -> None:
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (10, 10), RED).save(small)
+    Image.new("RGB", (40, 40), BLUE).save(large)
+    budget = images.DecodeBudget(1000)
+    images.open_rgb(small, budget=budget)
+    with pytest.raises(InputError, match=r"large\.png: a 40x40 image is over what is left of the"):
+        images.open_rgb(large, budget=budget)
+    assert budget.left == 900  # the refused image cost nothing
+    for _ in range(9):
+        images.open_rgb(small, budget=budget)
+    assert budget.left == 0
+    with pytest.raises(InputError, match=r"budget \(0.0 of 0.0 megapixels\)"):
+        images.open_rgb(small, budget=budget)
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype"),
+    [
+        (np.arange(65536).reshape(256, 256), np.uint16),  # mode I;16: every value
+        ([[-(2**31), -5, 0, 128, 129, 65535, 65536, 2**31 - 1]], np.int32),  # mode I: any int32
+    ],
+)
+def test_16_bit_conversion_is_rounding_and_clipping(values: list, dtype: type) -> None:
+    array = np.asarray(values, dtype)
+    converted = np.asarray(images.to_rgb(Image.fromarray(array)))
+    expected = np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8)
+    assert converted.shape == (*array.shape, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(converted[..., channel], expected)
+
+
+def test_16_bit_conversion_holds_no_whole_image_temporary() -> None:
+    # 2000x2000 16-bit: float64 temporaries of the whole image would be 32 MB each (the old
+    # conversion peaked at 100 MB here). Bands of rows keep numpy's allocations to the 8-bit
+    # result (4 MB) and a band's few MB.
+    image = Image.fromarray(np.full((2000, 2000), 40000, np.uint16))
+    tracemalloc.start()
+    try:
+        rgb = images.to_rgb(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rgb.getpixel((1999, 1999)) == (156, 156, 156)
+    assert peak < 10e6, f"{peak / 1e6:.0f} MB allocated converting a 4 MP 16-bit image"
+
+
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, TIFF or PPM"
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b"DDS |" + bytes(123), f"DDS files are not accepted, only {ACCEPTED}"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", f"EPS files are not accepted, only {ACCEPTED}"),
+        (b"8BPS" + bytes(40), f"PSD files are not accepted, only {ACCEPTED}"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(30), "a broken PNG header"),
+        (b"<html>404</html>", f"not a {ACCEPTED} file"),
+    ],
+)
+def test_formats_outside_the_list_are_named_and_never_read(
+    tmp_path: Path, monkeypatch, header: bytes, reason: str
+) -> None:
+    # EPS would go to Ghostscript where it is installed: its plugin must never see the bytes.
+    for plugin in (
+        DdsImagePlugin.DdsImageFile,
+        EpsImagePlugin.EpsImageFile,
+        PsdImagePlugin.PsdImageFile,
+    ):
+        monkeypatch.setattr(plugin, "_open", lambda self: pytest.fail("a refused format was read"))
+    path = tmp_path / "upload.jpg"
+    path.write_bytes(header)
+    with pytest.raises(InputError) as refused:
+        load_image(path, 32)
+    assert str(refused.value) == f"{path}: cannot read image ({reason})"

@@ -10,7 +10,8 @@ Everything the instance needs comes from ``instance.json`` beside its ``model.py
 the config, which any client can read): the ONNX file, the session settings, and ``kind``:
 ``tensor`` (the model's own tensors) or ``image`` (encoded image bytes in, top-k classes out,
 one ``error`` string a row so that one client's bad file does not fail the others batched with
-it). The stub imports this module, so it stays free of torch.
+it; each request decodes within its own ``DecodeBudget``). The stub imports this module, so it
+stays free of torch.
 
 Two checks guard against answers that look served but are not the model's. ``initialize``
 refuses to load an instance whose Python, numpy, onnxruntime or resnet_deploy is not the one
@@ -26,7 +27,6 @@ import io
 import json
 import math
 import platform
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from resnet_deploy.data.images import open_rgb, preprocess
+from resnet_deploy.data.images import ACCEPTED_NAMES, DecodeBudget, open_rgb, preprocess
 from resnet_deploy.errors import InputError
 from resnet_deploy.model.labels import softmax, top_k
 from resnet_deploy.model.metadata import ModelMetadata
@@ -108,8 +108,7 @@ class TritonPythonModel:
             message = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
             if isinstance(exc, BackendError):
                 pb_utils.Logger.log_error(message)
-            error = pb_utils.TritonError(message)
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+            return error_responses(pb_utils, message, len(requests))
 
     def _response(self, pb_utils: Any, arrays: dict[str, np.ndarray]) -> Any:
         """The outputs as Triton tensors, each checked against what the config declares."""
@@ -140,19 +139,28 @@ class TritonPythonModel:
     def _classify(self, requests: list[Any], pb_utils: Any) -> list[Any]:
         """Every row of every request decoded on its own; the good ones run together."""
         payloads = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy() for r in requests]
-        rows = [bytes(data) for payload in payloads for data in payload.reshape(-1)]
+        rows = []
+        for payload in payloads:
+            # each request pays for its own rows: one client's large images never refuse
+            # another client's rows batched with them
+            budget = DecodeBudget()
+            rows += [(bytes(data), budget) for data in payload.reshape(-1)]
         k = self.top_k
         errors = np.full((len(rows), 1), b"", dtype=object)
         classes = np.full((len(rows), k), b"", dtype=object)
         indices = np.zeros((len(rows), k), np.int64)
         probabilities = np.zeros((len(rows), k), np.float32)
         arrays, good = [], []
-        for row, data in enumerate(rows):
+        for row, (data, budget) in enumerate(rows):
             try:
-                arrays.append(decode_image(data, self.metadata))
+                arrays.append(decode_image(data, self.metadata, budget))
                 good.append(row)
             except InputError as exc:
                 errors[row, 0] = str(exc).encode()
+            except Exception as exc:  # a decoder bug still fails only its own row
+                message = f"image: cannot be decoded ({type(exc).__name__}: {exc})"
+                pb_utils.Logger.log_error(f"model {self.name}: {message}")
+                errors[row, 0] = message.encode()
         if good:
             batch = np.stack(arrays).astype(self.dtype)
             logits = run_rows(self.session, self.metadata, batch, self.fixed_batch, self.max_rows)
@@ -221,16 +229,27 @@ def declared_output(output: dict[str, Any], config: dict[str, Any]) -> DeclaredO
     return DeclaredOutput(output["data_type"], dims)
 
 
-def decode_image(data: bytes, metadata: ModelMetadata) -> np.ndarray:
+def error_responses(pb_utils: Any, message: str, count: int) -> list[Any]:
+    """``count`` error responses, each with its own TritonError.
+
+    The stub copies a response's error to shared memory when it sends it, and a second copy of
+    the same TritonError frees the first (``PbError::SaveToSharedMemory`` replaces its buffers):
+    one error object shared by several responses made tritonserver read freed memory and crash
+    as soon as one batch held several requests.
+    """
+    return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in range(count)]
+
+
+def decode_image(
+    data: bytes, metadata: ModelMetadata, budget: DecodeBudget | None = None
+) -> np.ndarray:
     """One encoded image as the model's input row, with the preprocessing it was exported with."""
     if not data:
-        raise InputError("image: empty payload, expected encoded image bytes (JPEG, PNG, ...)")
+        raise InputError(f"image: empty payload, expected encoded image bytes ({ACCEPTED_NAMES})")
     try:
-        image = open_rgb(io.BytesIO(data), "image")
+        image = open_rgb(io.BytesIO(data), "image", budget=budget)
     except InputError as exc:
-        # Pillow names the buffer object in its message; say what the client sent instead.
-        message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
-        raise InputError(f"{message} ({len(data)} bytes, first {data[:8]!r})") from None
+        raise InputError(f"{exc} ({len(data)} bytes, first {data[:8]!r})") from None
     return preprocess(image, metadata.image_size, metadata.mean, metadata.std)
 
 
