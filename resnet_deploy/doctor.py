@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -160,6 +159,7 @@ def check_serve() -> ServeCheck:
     """
     if importlib.util.find_spec("pytriton") is None:
         return ServeCheck(False, "not installed: pip install 'resnet-deploy[serve]'")
+    from resnet_deploy.serving.process import free_loopback_ports
     from resnet_deploy.serving.server import ModelServer, ServeOptions
 
     started = time.perf_counter()
@@ -175,18 +175,6 @@ def check_serve() -> ServeCheck:
             return ServeCheck(False, str(exc))
     assert canary is not None  # a started server has run its canary
     return ServeCheck(True, canary.summary(), time.perf_counter() - started)
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 now, each different (the OS picks them)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def cuda_libraries() -> list[tuple[str, bool]]:

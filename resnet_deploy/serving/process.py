@@ -90,6 +90,18 @@ class Listen:
         }
 
 
+def free_loopback_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now, each different (the OS picks them)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def check_ports_free(listen: Listen) -> None:
     """Refuse a port already taken now, naming it, rather than after tritonserver fails."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
@@ -222,6 +234,7 @@ def launch_tritonserver(
     files: TritonFiles,
     repository: Path,
     listen: Listen,
+    http_upstream: int,
     *,
     exit_timeout_s: int,
     folder: Path,
@@ -245,8 +258,8 @@ def launch_tritonserver(
         f"--model-repository={repository}",
         f"--backend-directory={backends.parent}",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix(os.getpid())}",
-        f"--http-address={listen.evhtp_host}",
-        f"--http-port={listen.http_port}",
+        "--http-address=127.0.0.1",  # behind serving.front, which listens on listen.http_port
+        f"--http-port={http_upstream}",
         f"--grpc-address={listen.grpc_host}",
         f"--grpc-port={listen.grpc_port}",
         f"--metrics-address={listen.evhtp_host}",

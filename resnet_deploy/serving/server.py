@@ -71,6 +71,7 @@ from resnet_deploy.serving.config import (
     resolve_batching,
     tensor_specs,
 )
+from resnet_deploy.serving.front import HttpFront
 from resnet_deploy.serving.process import (
     BACKEND_STUB_SOURCE,
     Listen,
@@ -80,6 +81,7 @@ from resnet_deploy.serving.process import (
     check_ports_free,
     check_stub_numpy,
     end_process_group,
+    free_loopback_ports,
     group_stubs,
     how_it_ended,
     launch_tritonserver,
@@ -258,6 +260,7 @@ class ModelServer:
         self.startup_s = 0.0
         self.canary: CanaryReport | None = None  # once started: what the endpoints answered
         self._stubs: list[Stub] = []  # the model instances' processes, once started
+        self._front: HttpFront | None = None  # the HTTP port clients use (serving.front)
         self._process: subprocess.Popen | None = None
         self._folder: Path | None = None
         self._started_at = 0.0
@@ -316,14 +319,18 @@ class ModelServer:
         try:
             repository = self.write_repository(self._folder / "models")
             progress(f"start tritonserver ({self.options.instances} instance(s) a model)")
+            (upstream,) = free_loopback_ports(1)
             self._process = launch_tritonserver(
                 engine,
                 repository,
                 self.options.listen,
+                upstream,
                 exit_timeout_s=self.options.drain_timeout_s,
                 folder=self._folder,
                 log_file=self.log_file,
             )
+            self._front = HttpFront(self.options.host, self.options.http_port, upstream)
+            self._front.start()
             self._wait_until_ready(progress, cancel or threading.Event())
             progress("canary: known inputs through every endpoint, against this session")
             self.canary = run_canary(
@@ -487,6 +494,9 @@ class ModelServer:
                     process.kill()
                     process.wait()
             end_process_group(process)
+        if self._front is not None:  # after Triton's drain, which answers through it
+            front, self._front = self._front, None
+            front.stop()
         remove_shared_memory(os.getpid())
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
