@@ -1,20 +1,25 @@
 """Output files: checked before any work starts, and written whole or not at all.
 
-Every file or folder a command writes passes ``check_outputs`` before the work begins, and every
-file is written through ``atomic_output``. The two together are why a typo on the command line
-(``--json MODEL.onnx``, ``-o /dev/null``) can never cost a user a file: an input is never an
-output, a device, FIFO or symlink is never replaced, and an existing file is replaced only with
-``--force``, which is checked again at the moment of the rename.
+Every file or folder a command writes passes ``check_outputs`` before the work begins, every
+file is written through ``atomic_output`` and every folder through ``staged_folder``. Together
+they are why a typo on the command line (``--json MODEL.onnx``, ``-o /dev/null``) can never
+cost a user a file: an input is never an output, a device, FIFO or symlink is never replaced,
+and an existing file or folder is replaced only with ``--force``, which is checked again at the
+moment of the rename.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import hashlib
 import os
+import shutil
 import stat
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -210,6 +215,140 @@ def write_bytes_atomic(path: Path, data: bytes, *, replace: bool = False) -> Non
 
 def write_text_atomic(path: Path, text: str, *, replace: bool = False) -> None:
     write_bytes_atomic(path, text.encode(), replace=replace)
+
+
+@contextmanager
+def staged_folder(target: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``target``; rename it onto ``target`` only if the
+    block succeeds, so a reader sees the old folder or the whole new one, never a mix.
+
+    Without ``replace`` the rename succeeds only onto nothing (an empty folder left there is
+    removed first, which the system does only while it is empty): of two commands writing one
+    folder at once, exactly one wins and the other is refused. With it, an existing folder is
+    moved aside and removed once the new one is in place. On any error, Ctrl-C and SIGTERM
+    included, the temporary folder is removed.
+    """
+    target = Path(target)
+    try:
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        )
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write in {target.parent} ({exc.strerror})") from None
+    try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a user's output gets the usual mode
+        yield staging
+        _commit_folder(staging, target, replace=replace)
+    except OSError as exc:
+        raise OutputError(
+            f"{target}: writing failed, nothing written ({exc.strerror or exc})"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit_folder(staging: Path, target: Path, *, replace: bool) -> None:
+    found = _lstat(target)
+    if found is not None and not stat.S_ISDIR(found.st_mode):
+        raise OutputError(f"{target}: is now {file_kind(found.st_mode)}; nothing written")
+    aside = None
+    try:
+        if found is not None and replace:
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.rename(target, aside / target.name)
+        elif found is not None:
+            try:
+                os.rmdir(target)  # only while empty: nobody's files are ever removed here
+            except FileNotFoundError:
+                pass
+            except OSError:
+                raise _appeared(target) from None
+        try:
+            rename_noreplace(staging, target)
+        except FileExistsError:
+            raise _appeared(target) from None
+    except BaseException:
+        if aside is not None and not os.path.lexists(target):
+            os.rename(aside / target.name, target)
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _appeared(target: Path) -> OutputError:
+    return OutputError(
+        f"{target}: was written by another command while this one ran; not replaced "
+        "(pass --force to replace it)"
+    )
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` only if nothing is at ``target`` (FileExistsError if
+    something is), as one step of the file system where it has one.
+
+    Linux has renameat2(RENAME_NOREPLACE) (reached through libc, which Python does not wrap).
+    Elsewhere, or on a file system without it, rename(2) is used after a check: it refuses a
+    non-empty folder as target by itself, so only an empty folder created in the instant
+    between the check and the rename could be replaced.
+    """
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        at_fdcwd, rename_noreplace_flag = -100, 1
+        done = renameat2(
+            at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace_flag
+        )
+        if done == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), str(target))
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+        raise
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc older than glibc 2.28, or a static build
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+def read_text_file(path: Path | str, what: str = "file") -> str:
+    """A text file the user gave, decoded as UTF-8: a file in another encoding (or a binary
+    one) is one line naming it and where decoding failed, never a UnicodeDecodeError."""
+    path = check_input_file(path, what)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
 
 
 def _umask() -> int:

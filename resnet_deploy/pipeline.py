@@ -8,10 +8,11 @@ Verification localizes layer by layer, so the page can show where a failing file
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from resnet_deploy.check.verify import VerifyOptions, VerifyReport, format_report, verify
 from resnet_deploy.convert.export import ExportOptions, ExportResult, export_model, format_result
@@ -24,7 +25,7 @@ from resnet_deploy.convert.quantize import (
 from resnet_deploy.convert.quantize import format_result as format_optimize
 from resnet_deploy.environment import Environment, describe_environment
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import check_output_folder, write_text_atomic
+from resnet_deploy.files import check_output_folder, staged_folder, write_text_atomic
 from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.model.weights import RANDOM
 from resnet_deploy.perf.bench import BenchOptions, BenchReport, bench
@@ -73,9 +74,25 @@ class RunReport:
 
 
 def run_pipeline(options: RunOptions, progress: Progress = no_progress) -> RunReport:
-    """Export to ``folder/model.onnx``, verify it, bench it, and write the reports beside it."""
+    """Export to ``folder/model.onnx``, verify it, bench it, and write the reports beside it.
+
+    Everything is made in a temporary folder beside ``folder`` and renamed onto it at the end,
+    so the folder is the whole run or nothing: an interrupted run leaves nothing, and of two
+    runs into one folder at once, one is refused rather than both writing into it.
+    """
     weights = [options.weights] if options.weights != RANDOM else []
     folder = prepare_folder(options.folder, force=options.force, inputs=weights)
+    with staged_folder(folder, replace=options.force) as staging:
+        report = _run_in(staging, options, progress)
+        _relocate(report, staging, folder)
+        report.artifacts += [folder / name for name in ("report.json", "report.txt", PAGE_NAME)]
+        write_text_atomic(staging / "report.json", to_json(report))
+        write_text_atomic(staging / "report.txt", format_run(report) + "\n")
+        write_text_atomic(staging / PAGE_NAME, render_page(to_record(report), staging))
+    return report
+
+
+def _run_in(folder: Path, options: RunOptions, progress: Progress) -> RunReport:
     model = folder / "model.onnx"
     exported = export_model(
         ExportOptions(
@@ -116,11 +133,25 @@ def run_pipeline(options: RunOptions, progress: Progress = no_progress) -> RunRe
         report.artifacts += [folder / "bench.csv", folder / "bench.png"]
         if options.int8:
             run_int8(report, timing, progress)
-    report.artifacts += [folder / name for name in ("report.json", "report.txt", PAGE_NAME)]
-    write_text_atomic(folder / "report.json", to_json(report))
-    write_text_atomic(folder / "report.txt", format_run(report) + "\n")
-    write_text_atomic(folder / PAGE_NAME, render_page(to_record(report), folder))
     return report
+
+
+def _relocate(value: Any, staging: Path, folder: Path) -> None:
+    """Point every path the results hold into ``staging`` at ``folder``, where the files will
+    be once the folder is renamed into place, so the records name the real files."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, Path) and item.is_relative_to(staging):
+                value[index] = folder / item.relative_to(staging)
+            else:
+                _relocate(item, staging, folder)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field_ in dataclasses.fields(value):
+            item = getattr(value, field_.name)
+            if isinstance(item, Path) and item.is_relative_to(staging):
+                object.__setattr__(value, field_.name, folder / item.relative_to(staging))
+            else:
+                _relocate(item, staging, folder)
 
 
 def run_int8(report: RunReport, timing: BenchOptions, progress: Progress) -> None:
@@ -162,14 +193,12 @@ def command_line(options: RunOptions) -> str:
 
 
 def prepare_folder(folder: Path, *, force: bool, inputs: list[Path | str] = ()) -> Path:
-    """A fresh artifacts folder: an existing non-empty one is only replaced with ``force``,
-    and never when an input (the weights) lies inside it."""
+    """Check the artifacts folder before any work: an existing non-empty one is only replaced
+    with ``force`` (at the end, when the new one is whole), and never when an input (the
+    weights) lies inside it."""
     folder = check_output_folder(Path(folder), inputs=inputs)
-    if folder.is_dir() and any(folder.iterdir()):
-        if not force:
-            raise InputError(f"{folder}: already holds files (force replaces them)")
-        shutil.rmtree(folder)
-    folder.mkdir(exist_ok=True)
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise InputError(f"{folder}: already holds files (force replaces them)")
     return folder
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import resnet_deploy.convert.export as export_module
-from resnet_deploy.convert.export import ExportOptions, export_model
+from resnet_deploy.convert.export import EXPORTERS, ExportOptions, export_model, opset_range
 from resnet_deploy.errors import InputError, OutputError
 from resnet_deploy.model.metadata import read_metadata
 from resnet_deploy.model.resnet import build_model
-from tests.helpers import ATOL, RTOL, images
+from tests.helpers import ATOL, RTOL, cli, images
 
 
 def run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
@@ -142,7 +142,11 @@ def test_interrupted_export_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     ("options", "message", "named"),
     [
         ({"variant": "seed", "image_size": 256}, "only takes 224x224", ("variant", "image_size")),
-        ({"opset": 17}, "dynamo exporter writes opset 18 or newer", ("exporter", "opset")),
+        (
+            {"opset": 17},
+            "dynamo exporter installed here writes opsets 18 to",
+            ("exporter", "opset"),
+        ),
         ({"batch": 0}, "batch size must be at least 1", ("batch",)),
         ({"weights": "nowhere.pth"}, "nowhere.pth: weights file not found", ()),
         ({"output": Path("no/such/folder/m.onnx")}, "output folder no/such/folder does not", ()),
@@ -152,6 +156,35 @@ def test_bad_options_fail_fast(options: dict, message: str, named: tuple) -> Non
     with pytest.raises(InputError, match=message) as raised:
         export_model(ExportOptions(**{"arch": "resnet18", **options}))
     assert raised.value.options == named
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_an_opset_the_installed_exporter_cannot_write_is_refused_before_any_work(
+    exporter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The range comes from the installed torch and onnx; outside it, one line, no model built."""
+    oldest, newest = opset_range(exporter)
+
+    def built(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built for an opset the exporter cannot write")
+
+    monkeypatch.setattr(export_module, "build_model", built)
+    for opset in (oldest - 1, newest + 1, 1000):
+        result = cli(
+            "export",
+            "--arch",
+            "resnet18",
+            "--exporter",
+            exporter,
+            "--opset",
+            opset,
+            "-o",
+            tmp_path / "m.onnx",
+        )
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+        assert f"writes opsets {oldest} to {newest}, got opset {opset}" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_onnxruntime_sees_the_declared_io(exported) -> None:

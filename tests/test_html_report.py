@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -324,9 +325,11 @@ def test_hostile_strings_in_a_record_or_folder_are_shown_as_text(
     (profile,) = page.by_id("profile").all("table", "profile")
     assert [th.text for th in profile.all("th")] == [HOSTILE]
     assert f"{unsafe_name}: not shown" in page.by_id("profile").text
-    links = {a.attrs["href"]: a.text for a in page.by_id("files").all("a")}
+    links = {a.text: a.attrs["href"] for a in page.by_id("files").all("a")}
     artifact = Path(f"{HOSTILE}.csv").name
-    assert links[artifact] == artifact and links[unsafe_name] == unsafe_name
+    assert links[artifact] == "./" + quote(artifact) and links[unsafe_name] == "./" + quote(
+        unsafe_name
+    )
 
 
 @pytest.mark.slow

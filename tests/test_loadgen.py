@@ -458,3 +458,16 @@ SERVER_DETAIL = "\n".join(
         "not a record: LoadGen's detail log has only MLLOG lines, but a stray one is skipped",
     ]
 )
+
+
+def test_a_labels_file_that_is_not_utf8_is_one_line(tmp_path):
+    from resnet_deploy.errors import InputError
+    from resnet_deploy.perf.loadgen.samples import read_labels
+
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("caf\xe9.jpg\t3\n".encode("latin-1"))
+    with pytest.raises(InputError) as raised:
+        read_labels([], tmp_path, labels, 1000)
+    assert str(raised.value) == (
+        f"{labels}: labels file is not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8"
+    )

@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import resnet_deploy.serving.repository as triton_module
 from resnet_deploy.cli import main
-from resnet_deploy.errors import InputError
+from resnet_deploy.errors import InputError, OutputError
 from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.model.onnxfile import read_model
 from resnet_deploy.runtime.providers import SessionConfig, create_session
@@ -193,7 +193,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch) -> 
 
     monkeypatch.setattr(triton_module, "_write_files", fail_midway)
     repo = tmp_path / "repo"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"nothing written \(disk full"):
         write_model_repository(tiny_model(tmp_path / "m.onnx"), TritonOptions(repo=repo))
     assert snapshot(repo) == {}
 

@@ -191,3 +191,17 @@ def test_bad_options(models):
     assert result.exit_code == 2 and "--budget-s" in result.output
     result = CliRunner().invoke(main, ["tune", str(fp32), "--provider", "tensorrt"])
     assert result.exit_code == 2 and "cpu and cuda" in result.output
+
+
+def test_a_budget_too_small_to_measure_still_writes_the_record(models, tmp_path: Path):
+    """Nothing measured is a result: the --json record says why, and the plot is named unmade."""
+    fp32, _ = models
+    record, plot = tmp_path / "tune.json", tmp_path / "tune.png"
+    args = ["tune", str(fp32), "--budget-s", "0.001", "--json", str(record), "--plot", str(plot)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "nothing was measured: the time budget of 0.001 s ran out" in result.output
+    assert "nothing to plot" not in result.output and not plot.exists()
+    written = json.loads(record.read_text())
+    assert written["winner"] is None and written["candidates"]
+    assert any(f"{plot}: not written" in note for note in written["notes"])

@@ -34,7 +34,7 @@ EXPORTERS = ("dynamo", "torchscript")
 TRACE_BATCH = 2  # the example the exporter traces: batch 1 would be specialised
 DEFAULT_OPSET = 18  # read by ONNX Runtime >= 1.14, TensorRT >= 8.6 and Triton alike
 MIN_DYNAMO_OPSET = 18  # the dynamo exporter cannot emit older opsets
-MAX_TORCHSCRIPT_OPSET = 20
+MIN_TORCHSCRIPT_OPSET, MAX_TORCHSCRIPT_OPSET = 7, 20  # where torch's own table is missing
 SIMPLIFIED_OPS = {"Conv", "Relu", "Add", "MaxPool", "AveragePool", "ReduceMean"}
 SIMPLIFIED_OPS |= {"GlobalAveragePool", "Flatten", "Reshape", "Gemm"}
 
@@ -99,21 +99,38 @@ def check_options(options: ExportOptions) -> None:
         f"export at batch {example}, {options.image_size}x{options.image_size}",
         options=["batch", "image_size"],
     )
-    if options.exporter == "dynamo" and options.opset < MIN_DYNAMO_OPSET:
+    oldest, newest = opset_range(options.exporter)
+    if not oldest <= options.opset <= newest:
+        other = " (the torchscript exporter writes older opsets)" if options.opset < oldest else ""
         raise InputError(
-            f"the dynamo exporter writes opset {MIN_DYNAMO_OPSET} or newer, got opset "
-            f"{options.opset} (the torchscript exporter writes older opsets)",
-            options=["exporter", "opset"],
-        )
-    if options.exporter == "torchscript" and options.opset > MAX_TORCHSCRIPT_OPSET:
-        raise InputError(
-            f"the torchscript exporter writes opset {MAX_TORCHSCRIPT_OPSET} at most, "
-            f"got opset {options.opset}",
+            f"the {options.exporter} exporter installed here writes opsets {oldest} to {newest}, "
+            f"got opset {options.opset}{other}",
             options=["exporter", "opset"],
         )
     if options.weights != RANDOM:
         check_input_file(options.weights, "weights file")
     check_output_path(options.output, force=options.force, inputs=[Path(options.weights)])
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """The opsets the installed exporter can write, known before a 14 s export fails on one.
+
+    The dynamo exporter writes opset 18 and converts it with onnx's version converter, which
+    knows opsets up to the installed onnx's newest; the torchscript exporter has its own range
+    in torch (a private table, read defensively: the documented one is its default).
+    """
+    import onnx
+
+    if exporter == "dynamo":
+        return MIN_DYNAMO_OPSET, onnx.defs.onnx_opset_version()
+    try:
+        from torch.onnx import _constants
+
+        oldest = int(_constants.ONNX_MIN_OPSET)
+        newest = int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        oldest, newest = MIN_TORCHSCRIPT_OPSET, MAX_TORCHSCRIPT_OPSET
+    return oldest, min(newest, onnx.defs.onnx_opset_version())
 
 
 def export_model(options: ExportOptions, progress: Progress = no_progress) -> ExportResult:

@@ -238,9 +238,15 @@ def tune(
         environment=describe_environment(),
         pruned=search.pruned,
     )
-    if winner is None:
+    measured = any(c.images_per_s is not None for c in search.candidates)
+    if not measured:
+        report.notes.append(
+            f"nothing was measured: the time budget of {options.budget_s:g} s ran out before "
+            f"the first candidate ({candidate_s:.1f} s each); give a larger budget"
+        )
+    elif winner is None:
         report.notes.append(f"no candidate met the p99 bound of {options.slo_p99_ms:g} ms")
-    else:
+    if winner is not None:
         same = [
             c
             for c in search.candidates
@@ -261,8 +267,10 @@ def tune(
     if report.contention.unreliable:
         report.notes.append(report.contention.message())
     report.elapsed_s = time.perf_counter() - started
-    if options.plot is not None:
+    if options.plot is not None and measured:
         write_plot(report, options.plot, replace=options.force)
+    elif options.plot is not None:  # the record still goes out, saying why there is no plot
+        report.notes.append(f"{options.plot}: not written, as nothing was measured to plot")
     return report
 
 

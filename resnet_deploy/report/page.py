@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import check_output_path, write_text_atomic
+from resnet_deploy.files import check_output_path, read_text_file, write_text_atomic
 from resnet_deploy.report.records import format_cell
 from resnet_deploy.report.sections import (
     bench_section,
@@ -26,6 +26,7 @@ from resnet_deploy.report.sections import (
     first_divergence,
     int8_section,
     number,
+    shown,
     verify_section,
     verify_summary,
 )
@@ -46,14 +47,14 @@ def write_page(folder: Path, *, output: Path | None = None, force: bool = False)
         raise InputError(f"{folder}: holds no {RECORD_NAME}; is it a `resnet-deploy run` folder?")
     output = check_output_path(output or folder / PAGE_NAME, force=force, inputs=[source])
     try:
-        record = json.loads(source.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        record = json.loads(read_text_file(source, "run record"))
+    except json.JSONDecodeError as exc:
         raise InputError(f"{source}: not a JSON record ({exc})") from None
     if not isinstance(record, dict) or not {"export", "verify"} <= record.keys():
         raise InputError(f"{source}: not the record of a `resnet-deploy run`")
     try:
         page = render_page(record, folder)
-    except (KeyError, TypeError, AttributeError) as exc:  # a record of another shape or version
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # another shape or version
         raise InputError(
             f"{source}: lacks what the page shows ({type(exc).__name__}: {exc})"
         ) from None
@@ -75,6 +76,8 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.globals["inline"] = markupsafe.Markup  # for matplotlib's SVG, escaped by matplotlib
+    env.filters["file_url"] = file_url
+    env.filters["g"] = shown  # a number as "%g", or "n/a" for NaN, infinity or no number
     return env
 
 
@@ -107,6 +110,14 @@ def render_page(record: dict[str, Any], folder: Path) -> str:
             record_name=RECORD_NAME,
         )
     )
+
+
+def file_url(name: str) -> str:
+    """A link to a file beside the page: always relative and percent-encoded, so a file name
+    such as ``javascript:...`` or ``a#b`` is a file, never a scheme or a fragment."""
+    from urllib.parse import quote
+
+    return "./" + quote(name)
 
 
 def passed(record: dict[str, Any]) -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+import math
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -58,14 +60,25 @@ class Extra:
     images: list[tuple[str, str]] = field(default_factory=list)  # (file name, base64 PNG)
 
 
+NOT_A_NUMBER = "n/a"  # what a NaN or infinite value is shown as, in tables and charts alike
+
+
 def number(value: Any) -> float | None:
-    """A float from a record value (non-finite numbers are stored as strings), else None."""
+    """A finite float from a record value, else None: non-finite numbers are stored as strings
+    ("nan", "inf"), and a record from elsewhere may hold anything."""
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        found = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return found if math.isfinite(found) else None
+
+
+def shown(value: Any, spec: str = "g") -> str:
+    """A number formatted by ``spec``, or "n/a" when the record holds no finite number."""
+    found = number(value)
+    return NOT_A_NUMBER if found is None else format(found, spec)
 
 
 def cell(value: Any) -> Cell:
@@ -73,11 +86,33 @@ def cell(value: Any) -> Cell:
         return value
     if isinstance(value, bool):
         return Cell("yes" if value else "no")
-    if isinstance(value, (int, float)):
-        return Cell(format_cell(value), num=True)
+    if isinstance(value, (int, float)) or _non_finite_text(value):
+        found = number(value)
+        return Cell(NOT_A_NUMBER if found is None else format_cell(value), num=True)
     if value is None:
         return Cell("\u2013", num=True)
     return Cell(str(value))
+
+
+def _non_finite_text(value: Any) -> bool:
+    """How ``to_record`` stores NaN and infinity: as the strings Python writes for them."""
+    return isinstance(value, str) and value.strip().lower() in ("nan", "inf", "-inf", "infinity")
+
+
+def chart_text(text: str) -> str:
+    """Record text as matplotlib draws it literally: a '$' would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def drawn(draw: Callable[..., str], *args: Any) -> str:
+    """A chart's SVG, or "" (the page says it was not drawn) when values from the record are
+    beyond what matplotlib can place, such as 1e308 on a log axis."""
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return draw(*args)
+    except (OverflowError, ValueError, FloatingPointError):
+        return ""
 
 
 def table(
@@ -168,7 +203,7 @@ def layers_block(found: dict[str, Any]) -> dict[str, Any]:
             **first,
             "error": format_cell(rel),
             "limit": format_cell(limit),
-            "times": f"{rel / limit:,.0f}",
+            "times": shown(rel / limit, ",.0f") if rel is not None and limit else NOT_A_NUMBER,
             "noise": format_cell(number(first["noise_floor_rel"])),
         }
     rows = [
@@ -189,7 +224,7 @@ def layers_block(found: dict[str, Any]) -> dict[str, Any]:
         "first": divergence,
         "where": where,
         "chart": Chart(
-            layer_chart(layers, first),
+            drawn(layer_chart, layers, first),
             f"Error per layer against its fp32 noise floor, {where}. "
             "A point above the dashed limit is beyond tolerance.",
         ),
@@ -199,7 +234,7 @@ def layers_block(found: dict[str, Any]) -> dict[str, Any]:
 
 
 def layer_chart(layers: list[dict[str, Any]], first: dict[str, Any] | None) -> str:
-    names = [layer["name"] for layer in layers]
+    names = [chart_text(layer["name"]) for layer in layers]
     spans: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         spans.setdefault(stage_of(name), []).append(i)
@@ -211,7 +246,7 @@ def layer_chart(layers: list[dict[str, Any]], first: dict[str, Any] | None) -> s
         [number(layer["limit_rel"]) or 0.0 for layer in layers],
         [bool(layer["beyond_tolerance"]) for layer in layers],
         stages=stages,
-        first=names.index(first["name"]) if first else None,
+        first=names.index(chart_text(first["name"])) if first else None,
     )
 
 
@@ -235,9 +270,9 @@ def bench_section(record: dict[str, Any]) -> dict[str, Any]:
         notes += [f"batch {b['batch_size']}: {w}" for w in b.get("warnings") or []]
         if b.get("error"):
             notes.append(f"batch {b['batch_size']}: failed: {b['error']}")
-    figures = [Chart(throughput_chart(record), "Throughput against batch size")]
+    figures = [Chart(drawn(throughput_chart, record), "Throughput against batch size")]
     for batch in bench["batches"]:
-        chart = latency_chart(bench, batch)
+        chart = drawn(latency_chart, bench, batch)  # "": no runs kept, or not drawable
         if chart:
             caption = (
                 f"Latency distribution at batch {batch['batch_size']} "
@@ -340,7 +375,7 @@ def int8_section(record: dict[str, Any]) -> dict[str, Any]:
     steps = optimize.get("step_seconds", {}).items()
     return {
         "calibration": optimize["metadata"].get("calibration", ""),
-        "steps": ", ".join(f"{k} {v:.1f} s" for k, v in steps),
+        "steps": ", ".join(f"{k} {shown(v, '.1f')} s" for k, v in steps),
         "refused": None
         if optimize.get("output") is not None
         else (verify_summary(guard) if guard else "no guard report"),

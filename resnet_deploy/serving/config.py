@@ -43,6 +43,7 @@ TRT_WORKSPACE_BYTES = 1 << 30  # the backend's documented default, written out t
 TRT_CACHE_ROOT = "/tmp/resnet-deploy-trt"
 IMAGE_CHANNELS = 3  # RGB: what our exports take, and what the format rule looks for
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+MAX_NAME_CHARS = 128  # with the repository's name, the KServe manifest's name must fit in 255
 _ONNX_TO_TRITON = {
     "BOOL": "TYPE_BOOL",
     "UINT8": "TYPE_UINT8",
@@ -86,17 +87,26 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
-def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
+def check_name(name: str, source: str = "") -> str:
+    """A model name is a folder of the repository and part of URLs and file names: the rule
+    keeps it one path component that every file system and URL takes as it is."""
+    if not _NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
+        origin = f" ({source}; --name gives another)" if source else ""
         raise InputError(
-            f"model name {name!r}: use letters, digits, '_', '-' and '.', not starting with '.'"
+            f"model name {name[:80]!r}{origin}: a name is 1 to {MAX_NAME_CHARS} letters, "
+            "digits, '_', '-' and '.', not starting with '.'",
+            options=[] if source else ["name"],
         )
     return name
 
 
 def model_name(model_path: Path, metadata: ModelMetadata | None, name: str | None) -> str:
     """``name``, else the arch in the model's metadata, else the file's stem; checked."""
-    return check_name(name or (metadata.arch if metadata else Path(model_path).stem))
+    if name is not None:
+        return check_name(name)
+    if metadata is not None:
+        return check_name(metadata.arch, "from the model's arch")
+    return check_name(Path(model_path).stem, "from the file's name")
 
 
 def tensor_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:

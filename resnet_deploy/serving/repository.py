@@ -7,12 +7,7 @@ forced, and writes the KServe InferenceService that serves the repository.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_deploy import __version__
 from resnet_deploy.errors import InputError
-from resnet_deploy.files import write_text_atomic
+from resnet_deploy.files import read_text_file, staged_folder, write_text_atomic
 from resnet_deploy.model.labels import imagenet_classes
 from resnet_deploy.model.onnxfile import ModelFile, load_onnx, read_model
 from resnet_deploy.report.records import format_table
@@ -134,7 +129,7 @@ def write_model_repository(model_file: ModelFile | Path, options: TritonOptions)
     manifest_file = repo_path.parent / f"{repo_path.name}-{name}{KSERVE_SUFFIX}"
     manifest = kserve_manifest(name, repo_path, gpu=options.kind == "gpu")
     keep_manifest = manifest_file.exists() and not options.force  # its storageUri may be set
-    if keep_manifest and manifest_file.read_text() != manifest:
+    if keep_manifest and read_text_file(manifest_file) != manifest:
         notes.append(f"{manifest_file} differs from a new one; kept (--force rewrites it)")
     if not labelled:
         notes.append(f"no output has {len(classes)} classes: no labels.txt attached")
@@ -152,16 +147,16 @@ def write_model_repository(model_file: ModelFile | Path, options: TritonOptions)
     if labelled:
         files[LABELS_FILE] = labels_text.encode()
     if not model_dir.exists():
-        with _staged_folder(model_dir) as staging:
+        with staged_folder(model_dir, replace=options.force) as staging:
             _write_files(staging, files)
     else:
-        with _staged_folder(version_dir) as staging:
+        with staged_folder(version_dir, replace=options.force) as staging:
             _write_files(staging, {MODEL_FILE: data})
-        write_text_atomic(model_dir / CONFIG_FILE, text, replace=True)  # checked above
+        _write_beside(model_dir / CONFIG_FILE, text, force=options.force)
         if labelled:
-            write_text_atomic(model_dir / LABELS_FILE, labels_text, replace=True)
+            _write_beside(model_dir / LABELS_FILE, labels_text, force=options.force)
     if not keep_manifest:
-        write_text_atomic(manifest_file, manifest, replace=True)  # checked with the rest
+        _write_beside(manifest_file, manifest, force=options.force)
     return TritonResult(
         model_dir=model_dir,
         model_file=version_dir / MODEL_FILE,
@@ -235,7 +230,7 @@ def _check_existing(
     if config_file.exists():
         try:
             changed = _changed_fields(
-                parse_config(config_file.read_text(), str(config_file)), config
+                parse_config(read_text_file(config_file), str(config_file)), config
             )
         except InputError:
             if not options.force:
@@ -249,7 +244,12 @@ def _check_existing(
         if changed:
             notes.append(f"{CONFIG_FILE} rewritten: {', '.join(changed)} changed")
     labels_file = model_dir / LABELS_FILE
-    if labels and labels_file.exists() and labels_file.read_text() != labels and not options.force:
+    if (
+        labels
+        and labels_file.exists()
+        and read_text_file(labels_file) != labels
+        and not options.force
+    ):
         raise InputError(f"{labels_file}: holds other labels; force rewrites it")
     return notes
 
@@ -278,29 +278,13 @@ def _check_other_versions(
     return notes
 
 
-@contextmanager
-def _staged_folder(target: Path) -> Iterator[Path]:
-    """A hidden temporary folder beside ``target``, renamed onto it only if the block succeeds.
-
-    An existing ``target`` (a version replaced with --force) is moved aside first and removed
-    only once the new folder is in place.
-    """
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old = None
-    try:
-        yield staging
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old / target.name, target)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+def _write_beside(path: Path, text: str, *, force: bool) -> None:
+    """Write a file shared by every version: replaced only when forced (a difference without
+    force was refused before any work), written only onto nothing otherwise, and left alone
+    when another command has just written the same text."""
+    if not force and path.exists() and read_text_file(path) == text:
+        return
+    write_text_atomic(path, text, replace=force)
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from resnet_deploy.data.images import load_image
 from resnet_deploy.errors import InputError
+from resnet_deploy.files import read_text_file
 
 
 class Preprocessing(NamedTuple):
@@ -24,7 +25,7 @@ def read_labels(images: list[Path], folder: Path, labels: Path | None, classes: 
     the bare file name, as in ImageNet's val_map.txt), else from a class-index subfolder."""
     table: dict[str, int] = {}
     if labels is not None:
-        for number, line in enumerate(Path(labels).read_text().splitlines(), 1):
+        for number, line in enumerate(read_text_file(labels, "labels file").splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             name, _, index = line.strip().rpartition("\t" if "\t" in line else " ")
