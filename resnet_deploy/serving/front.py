@@ -152,7 +152,9 @@ class HttpFront:
 
     async def _start(self) -> None:
         self._session = ClientSession(
-            connector=TCPConnector(limit=0),
+            # no idle keep-alive connections: Triton's drain waits for open HTTP connections,
+            # and pooled ones held every stop for its whole exit timeout (20 s)
+            connector=TCPConnector(limit=0, force_close=True),
             timeout=ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
         )
