@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,11 @@ from PIL import Image
 
 from resnet_deploy.model import onnxfile
 from resnet_deploy.runtime.providers import SessionConfig, create_session
-from resnet_deploy.serving.process import shared_memory_segments, shm_prefix
+from resnet_deploy.serving.process import (
+    free_loopback_ports,
+    shared_memory_segments,
+    shm_prefix,
+)
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # two cores shared with other work: loading can take a while
@@ -52,12 +55,8 @@ SHM = Path("/dev/shm")
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on the loopback now (held open together while chosen)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in sockets]
+    """``count`` distinct ports free on the loopback now, chosen as serve chooses its own."""
+    return free_loopback_ports(count)
 
 
 @dataclass

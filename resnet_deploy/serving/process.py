@@ -60,6 +60,11 @@ class Stub:
     model: str
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes before ":PORT" in an address or URL: an IPv6 address bracketed."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(frozen=True)
 class Listen:
     """Where tritonserver listens: one host, a port for each protocol."""
@@ -72,7 +77,7 @@ class Listen:
     @property
     def grpc_host(self) -> str:
         """The host as Triton's gRPC server takes it: it appends ":PORT", so IPv6 is bracketed."""
-        return f"[{self.host}]" if ":" in self.host else self.host
+        return url_host(self.host)
 
     @property
     def evhtp_host(self) -> str:

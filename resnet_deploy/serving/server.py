@@ -91,6 +91,7 @@ from resnet_deploy.serving.process import (
     serve_folder_prefix,
     sweep_leftovers,
     tritonserver_files,
+    url_host,
 )
 from resnet_deploy.steps import Progress, no_progress
 
@@ -271,8 +272,7 @@ class ModelServer:
 
     @property
     def endpoints(self) -> Endpoints:
-        host = self.options.host
-        host = f"[{host}]" if ":" in host else host
+        host = url_host(self.options.host)
         image = self.name + IMAGE_SUFFIX if self._serves_images() else None
         return Endpoints(
             http_url=f"http://{host}:{self.options.http_port}",
@@ -448,7 +448,7 @@ class ModelServer:
         host = self.options.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
+        host = url_host(host)
         port = self.options.http_port if protocol == "http" else self.options.grpc_port
         return f"{protocol}://{host}:{port}"
 
